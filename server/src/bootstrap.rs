@@ -1,0 +1,161 @@
+//! A member's identity (cluster ID, member ID, name) and the checks that keep a data
+//! directory with the cluster it was created for.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rocksdb::{WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{ClusterState, Config};
+use crate::raft::{Member, NodeId};
+use crate::schema::{self, identity_keys, CF_IDENTITY};
+
+/// Who this member is, written once when its data directory is created.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: NodeId,
+    pub name: String,
+    pub cluster_token: String,
+}
+
+#[derive(thiserror::Error, Debug)]
+#[non_exhaustive]
+pub enum BootstrapError {
+    #[error("bootstrap: data directory {dir} belongs to member {stored:?}, but this member is named {configured:?}; use that member's name or another data directory")]
+    NameMismatch { dir: String, stored: String, configured: String },
+    #[error("bootstrap: data directory {dir} belongs to cluster {stored:x} (token {token:?}), but --initial-cluster and --initial-cluster-token describe cluster {configured:x}; refusing to mix clusters")]
+    ClusterMismatch { dir: String, stored: u64, token: String, configured: u64 },
+    #[error("bootstrap: data directory {dir} has no member identity; it was not created by Cairn or its creation was interrupted. Move it away to start a new member")]
+    NotCairn { dir: String },
+    #[error("bootstrap: --initial-cluster-state existing with an empty data directory {dir}: joining a running cluster needs its member ID from the cluster (the Cluster API's MemberAdd), which this version does not provide yet")]
+    JoinUnsupported { dir: String },
+    #[error("bootstrap: storage: {0}")]
+    Storage(#[from] rocksdb::Error),
+}
+
+fn hash_u64(parts: &[&[u8]]) -> u64 {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p);
+    }
+    let digest = h.finalize();
+    let id = u64::from_be_bytes(digest[..8].try_into().expect("sha256 is 32 bytes"));
+    id.max(1) // zero means "none" on the wire
+}
+
+/// A member's ID, from its peer URLs and the cluster token (like etcd's).
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
+    let mut urls = peer_urls.to_vec();
+    urls.sort();
+    hash_u64(&[b"cairn-member", urls.join(",").as_bytes(), token.as_bytes()])
+}
+
+/// The cluster's ID, from its initial members and token.
+pub fn cluster_id(member_ids: impl IntoIterator<Item = NodeId>, token: &str) -> u64 {
+    let mut ids: Vec<NodeId> = member_ids.into_iter().collect();
+    ids.sort();
+    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    hash_u64(&[b"cairn-cluster", &ids, token.as_bytes()])
+}
+
+/// The initial members as Raft sees them.
+pub fn initial_members(config: &Config) -> BTreeMap<NodeId, Member> {
+    config
+        .initial_cluster
+        .iter()
+        .map(|(name, urls)| {
+            let id = member_id(urls, &config.initial_cluster_token);
+            let client_urls = if *name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
+            (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
+        })
+        .collect()
+}
+
+/// What the configuration says this member's identity is.
+fn configured_identity(config: &Config) -> Identity {
+    let members = initial_members(config);
+    Identity {
+        cluster_id: cluster_id(members.keys().copied(), &config.initial_cluster_token),
+        member_id: member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token),
+        name: config.name.clone(),
+        cluster_token: config.initial_cluster_token.clone(),
+    }
+}
+
+/// Reads this member's identity from its database, or creates it for a new member.
+/// Returns the identity and whether the member is new (and must form the cluster).
+pub fn load_or_create(db: &DB, dir: &Path, config: &Config) -> Result<(Identity, bool), BootstrapError> {
+    let dir_name = dir.display().to_string();
+    let stored = db.get_cf(schema::cf(db, CF_IDENTITY), identity_keys::IDENTITY)?;
+    let configured = configured_identity(config);
+    if let Some(bytes) = stored {
+        let stored: Identity =
+            bincode::deserialize(&bytes).unwrap_or_else(|e| panic!("corrupt member identity in {dir_name}: {e}"));
+        if stored.name != config.name {
+            return Err(BootstrapError::NameMismatch {
+                dir: dir_name,
+                stored: stored.name,
+                configured: config.name.clone(),
+            });
+        }
+        let described = config.initial_cluster_explicit || config.initial_cluster_token_explicit;
+        if described && config.initial_cluster_state == ClusterState::New && configured.cluster_id != stored.cluster_id
+        {
+            return Err(BootstrapError::ClusterMismatch {
+                dir: dir_name,
+                stored: stored.cluster_id,
+                token: stored.cluster_token,
+                configured: configured.cluster_id,
+            });
+        }
+        return Ok((stored, false));
+    }
+    if has_raft_state(db)? {
+        return Err(BootstrapError::NotCairn { dir: dir_name });
+    }
+    if config.initial_cluster_state == ClusterState::Existing {
+        return Err(BootstrapError::JoinUnsupported { dir: dir_name });
+    }
+    let mut batch = WriteBatch::default();
+    batch.put_cf(
+        schema::cf(db, CF_IDENTITY),
+        identity_keys::IDENTITY,
+        bincode::serialize(&configured).expect("bincode encoding of an in-memory value cannot fail"),
+    );
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)?;
+    Ok((configured, true))
+}
+
+fn has_raft_state(db: &DB) -> Result<bool, rocksdb::Error> {
+    for cf in [schema::CF_RAFT_LOG, schema::CF_RAFT_STATE] {
+        let mut it = db.raw_iterator_cf(schema::cf(db, cf));
+        it.seek_to_first();
+        it.status()?;
+        if it.valid() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_depend_on_urls_and_token_only() {
+        let a = member_id(&["http://a:1".into(), "http://b:2".into()], "t");
+        let b = member_id(&["http://b:2".into(), "http://a:1".into()], "t");
+        assert_eq!(a, b);
+        assert_ne!(a, member_id(&["http://a:1".into()], "t"));
+        assert_ne!(a, member_id(&["http://a:1".into(), "http://b:2".into()], "u"));
+        assert_eq!(cluster_id([1, 2, 3], "t"), cluster_id([3, 1, 2], "t"));
+        assert_ne!(cluster_id([1, 2, 3], "t"), cluster_id([1, 2, 3], "u"));
+    }
+}

@@ -1,0 +1,17 @@
+//! Cairn: a Raft-replicated key-value store for metadata that speaks the etcd v3 API.
+//!
+//! Layers, each depending only on those below it:
+//! - [`schema`]: every RocksDB column family and key encoding;
+//! - [`mvcc`]: the revisioned key space;
+//! - [`raft`]: replication with openraft, the log store and peer network;
+//! - [`api`]: the etcd v3 gRPC services;
+//! - [`server`]: wires a member together from its [`config`].
+
+pub mod api;
+pub mod bootstrap;
+pub mod config;
+pub mod limits;
+pub mod mvcc;
+pub mod raft;
+pub mod schema;
+pub mod server;

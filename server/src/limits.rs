@@ -1,0 +1,67 @@
+//! Every bound Cairn enforces, with its unit in the name and the qualifier last.
+//!
+//! Limits that operators may change are the defaults of settings in
+//! [`crate::config`]; the rest are fixed here so that no queue, batch or
+//! request is unbounded.
+
+/// Largest request a client may send, as etcd's `--max-request-bytes` (1.5 MiB).
+pub const REQUEST_BYTES_MAX_DEFAULT: usize = 1536 * 1024;
+
+/// Extra room the gRPC decoder allows above `request_bytes_max`, so that a request
+/// just over the limit is decoded and answered with etcd's "request is too large"
+/// instead of a transport error (etcd allows the same 512 KiB).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Most compares, and most operations per branch, in one Txn (etcd's `--max-txn-ops`).
+pub const TXN_OPS_MAX_DEFAULT: usize = 128;
+
+/// Deepest nesting of Txn inside Txn; bounds recursion on input.
+pub const TXN_DEPTH_MAX: usize = 16;
+
+/// Largest gRPC response a member sends (etcd's default send limit is effectively unlimited;
+/// ours is bounded).
+pub const RESPONSE_BYTES_MAX: usize = 512 * 1024 * 1024;
+
+/// How long a client request may wait for Raft (commit, forward, read index).
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 7_000;
+
+/// Raft heartbeat interval (etcd's `--heartbeat-interval`).
+pub const HEARTBEAT_INTERVAL_MS_DEFAULT: u64 = 100;
+
+/// Raft election timeout (etcd's `--election-timeout`); openraft randomises between
+/// this and twice this.
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1_000;
+
+/// Applied entries between two Raft snapshots (etcd's `--snapshot-count`).
+pub const SNAPSHOT_ENTRIES_DEFAULT: u64 = 100_000;
+
+/// Log entries kept behind a snapshot so a slightly slow follower catches up from the
+/// log rather than a snapshot (etcd's `--experimental-snapshot-catchup-entries`).
+pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
+
+/// Most log entries sent in one AppendEntries RPC.
+pub const APPEND_ENTRIES_MAX: u64 = 1_024;
+
+/// Bytes of snapshot sent in one InstallSnapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Most pending log flushes merged into one fsync by the group committer.
+pub const LOG_FLUSH_BATCH_MAX: usize = 4_096;
+
+/// History entries deleted per RocksDB write batch by the background compactor.
+pub const COMPACTION_BATCH_KEYS_MAX: usize = 10_000;
+
+/// Peer RPC timeout for a forwarded write or a read-index request; Raft RPCs use
+/// openraft's own per-RPC timeouts.
+pub const PEER_FORWARD_TIMEOUT_MS: u64 = 10_000;
+
+/// Bounded wait for a leader before a request is answered "no leader".
+pub const LEADER_WAIT_MS_MAX: u64 = 5_000;
+
+/// Times a follower re-forwards a request whose target stopped being leader.
+pub const FORWARD_ATTEMPTS_MAX: usize = 5;
+
+/// Lease reads are served only while the last quorum acknowledgement is younger than
+/// this fraction (in percent) of the minimum election timeout, to leave room for
+/// clock-rate drift between members.
+pub const LEASE_READ_ELECTION_FRACTION_PERCENT: u64 = 70;

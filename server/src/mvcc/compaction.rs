@@ -1,0 +1,124 @@
+//! Physical compaction: removes history below the compact revision in the
+//! background, so that a large compaction never stalls the apply loop.
+//!
+//! Logical compaction (refusing reads below the revision) happens at apply time;
+//! this only reclaims space. It is idempotent, so after a crash it simply runs again
+//! from the last revision it finished.
+
+use std::collections::BTreeSet;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread;
+
+use rocksdb::{WriteBatch, DB};
+use tokio::sync::watch;
+
+use super::range::{decode, KvRecord};
+use super::Revision;
+use crate::limits::COMPACTION_BATCH_KEYS_MAX;
+use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_META};
+
+/// Handle to the background compaction thread.
+pub struct Compactor {
+    requests: mpsc::Sender<Revision>,
+    finished: watch::Sender<Revision>,
+}
+
+impl Compactor {
+    pub(crate) fn start(db: Arc<DB>) -> Self {
+        let (requests, rx) = mpsc::channel::<Revision>();
+        let (finished, _) = watch::channel(0);
+        let done = finished.clone();
+        thread::Builder::new()
+            .name("cairn-compactor".into())
+            .spawn(move || {
+                while let Ok(mut target) = rx.recv() {
+                    // Coalesce: only the newest requested revision matters.
+                    while let Ok(newer) = rx.try_recv() {
+                        target = target.max(newer);
+                    }
+                    let from = *done.borrow();
+                    if target <= from {
+                        continue;
+                    }
+                    match compact(&db, from, target) {
+                        Ok(()) => {
+                            tracing::info!(compact_revision = target, "finished physical compaction");
+                            done.send_replace(target);
+                        }
+                        Err(e) => tracing::error!(compact_revision = target, error = %e, "physical compaction failed; will retry on the next compaction"),
+                    }
+                }
+            })
+            .expect("spawning the compactor thread");
+        Compactor { requests, finished }
+    }
+
+    /// Sets the revision up to which history is known to be removed.
+    pub(crate) fn reset(&self, finished: Revision) {
+        self.finished.send_replace(finished);
+    }
+
+    /// Asks for history below `revision` to be removed.
+    pub(crate) fn schedule(&self, revision: Revision) {
+        // The thread only stops with the process.
+        let _ = self.requests.send(revision);
+    }
+
+    /// Waits until history below `revision` has been physically removed.
+    pub async fn wait_finished(&self, revision: Revision) {
+        let mut rx = self.finished.subscribe();
+        // The sender lives as long as self.
+        let _ = rx.wait_for(|done| *done >= revision).await;
+    }
+}
+
+/// Removes every version older than the newest one at or below `to`, for the keys
+/// changed in `[from, to)`, tombstones included; then the events below `to`.
+fn compact(db: &DB, from: Revision, to: Revision) -> Result<(), rocksdb::Error> {
+    let events = schema::cf(db, CF_EVENTS);
+    let mut it = db.raw_iterator_cf(events);
+    it.seek(schema::event_key(from, 0));
+    let mut keys = BTreeSet::new();
+    while let Some(k) = it.key() {
+        if schema::decode_event_key(k).0 >= to {
+            break;
+        }
+        keys.insert(it.value().expect("valid").to_vec());
+        it.next();
+        if keys.len() >= COMPACTION_BATCH_KEYS_MAX {
+            compact_keys(db, &std::mem::take(&mut keys), to)?;
+        }
+    }
+    it.status()?;
+    compact_keys(db, &keys, to)?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(events, schema::event_key(0, 0), schema::event_key(to, 0));
+    batch.put_cf(schema::cf(db, CF_META), meta_keys::COMPACT_FINISHED, to.to_be_bytes());
+    db.write(batch)
+}
+
+fn compact_keys(db: &DB, keys: &BTreeSet<Vec<u8>>, to: Revision) -> Result<(), rocksdb::Error> {
+    let history = schema::cf(db, CF_HISTORY);
+    let mut batch = WriteBatch::default();
+    for key in keys {
+        let mut it = db.raw_iterator_cf(history);
+        it.seek(schema::history_key(key, to));
+        let mut newest = true;
+        while let Some(raw) = it.key() {
+            if schema::decode_history_key(raw).0 != *key {
+                break;
+            }
+            let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
+            // Keep the newest live version at or below `to`; drop everything older,
+            // and a tombstone too, since nothing below it remains to hide.
+            if !(newest && record.is_some()) {
+                batch.delete_cf(history, raw);
+            }
+            newest = false;
+            it.next();
+        }
+        it.status()?;
+    }
+    db.write(batch)
+}

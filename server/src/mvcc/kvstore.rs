@@ -1,0 +1,268 @@
+//! The MVCC store: applies commands in log order, serves reads from consistent
+//! views, and exports or imports its whole state for Raft snapshots.
+
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Mutex};
+
+use rocksdb::{SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
+
+use super::range::{decode, encode, execute_range, Source};
+use super::txn_check::validate_command;
+use super::write_txn::WriteTxn;
+use super::{ApplyOutcome, Command, CommandResponse, Compactor, MvccError, RangeRequest, RangeResponse, Revision};
+use crate::schema::{self, meta_keys, CF_META, STATE_MACHINE_CFS};
+
+/// Revision of an empty store, as in etcd.
+const FIRST_REVISION: Revision = 1;
+
+/// Where the store's revisions stand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    pub revision: Revision,
+    pub compact_revision: Revision,
+}
+
+/// The state only the applier changes.
+struct Applied {
+    revision: Revision,
+    compact_revision: Revision,
+}
+
+pub struct KvStore {
+    db: Arc<DB>,
+    applied: Mutex<Applied>,
+    compactor: Compactor,
+}
+
+/// A consistent, read-only view of the store at one revision.
+pub struct ReadView<'a> {
+    db: &'a DB,
+    snap: SnapshotWithThreadMode<'a, DB>,
+    pub revision: Revision,
+    pub compact_revision: Revision,
+}
+
+impl ReadView<'_> {
+    /// Executes a Range at this view.
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let src = Source { db: self.db, snap: &self.snap, overlay: None };
+        execute_range(&src, req, self.revision, self.compact_revision)
+    }
+
+    /// Reads a state-machine metadata value as of this view.
+    pub fn meta(&self, key: &[u8]) -> Option<Vec<u8>> {
+        read_meta(&self.snap, self.db, key)
+    }
+}
+
+fn read_meta(snap: &SnapshotWithThreadMode<'_, DB>, db: &DB, key: &[u8]) -> Option<Vec<u8>> {
+    snap.get_cf(schema::cf(db, CF_META), key).unwrap_or_else(|e| panic!("reading state machine metadata failed: {e}"))
+}
+
+fn revision_value(bytes: Option<Vec<u8>>, default: Revision) -> Revision {
+    bytes.map_or(default, |b| i64::from_be_bytes(b.as_slice().try_into().expect("revision is 8 bytes")))
+}
+
+impl KvStore {
+    /// Opens the store on a database created by [`schema::open_db`].
+    pub fn open(db: Arc<DB>) -> Arc<Self> {
+        let compactor = Compactor::start(db.clone());
+        let store =
+            Arc::new(KvStore { db, applied: Mutex::new(Applied { revision: 0, compact_revision: 0 }), compactor });
+        store.reload();
+        store
+    }
+
+    /// Re-reads the applied state from disk (after open or a snapshot install) and
+    /// resumes any unfinished compaction.
+    fn reload(&self) {
+        let view = self.read_view();
+        let finished = revision_value(view.meta(meta_keys::COMPACT_FINISHED), 0);
+        {
+            let mut applied = self.applied.lock().expect("applier lock");
+            applied.revision = view.revision;
+            applied.compact_revision = view.compact_revision;
+        }
+        self.compactor.reset(finished);
+        if view.compact_revision > finished {
+            self.compactor.schedule(view.compact_revision);
+        }
+    }
+
+    /// A consistent view of the latest applied state.
+    pub fn read_view(&self) -> ReadView<'_> {
+        let snap = self.db.snapshot();
+        let revision = revision_value(read_meta(&snap, &self.db, meta_keys::REVISION), FIRST_REVISION);
+        let compact_revision = revision_value(read_meta(&snap, &self.db, meta_keys::COMPACT_REVISION), 0);
+        ReadView { db: &self.db, snap, revision, compact_revision }
+    }
+
+    /// The latest applied revisions.
+    pub fn status(&self) -> StoreStatus {
+        let applied = self.applied.lock().expect("applier lock");
+        StoreStatus { revision: applied.revision, compact_revision: applied.compact_revision }
+    }
+
+    /// Bytes on disk and bytes in use, for the whole member database.
+    pub fn disk_usage(&self) -> (u64, u64) {
+        schema::disk_usage(&self.db)
+    }
+
+    /// The background compactor (to wait for physical compaction).
+    pub fn compactor(&self) -> &Compactor {
+        &self.compactor
+    }
+
+    /// Writes metadata alone (for log entries that carry no command).
+    pub fn write_meta(&self, meta: &[(&[u8], Vec<u8>)]) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        self.add_meta(&mut batch, meta);
+        self.db.write_opt(batch, &unsynced())
+    }
+
+    fn add_meta(&self, batch: &mut WriteBatch, meta: &[(&[u8], Vec<u8>)]) {
+        let cf = schema::cf(&self.db, CF_META);
+        for (k, v) in meta {
+            batch.put_cf(cf, k, v);
+        }
+    }
+
+    /// Applies one committed command, writing `meta` (the applied log id and so on) in
+    /// the same batch. The write is not synced: the Raft log, in the same WAL, is.
+    pub fn apply(&self, cmd: &Command, meta: &[(&[u8], Vec<u8>)]) -> Result<ApplyOutcome, rocksdb::Error> {
+        let mut applied = self.applied.lock().expect("applier lock");
+        let snap = self.db.snapshot();
+        let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
+        // Structure checks again, with no configurable limit, so that every member
+        // refuses the same malformed entry the same way.
+        let result = validate_command(cmd, usize::MAX).and_then(|()| match cmd {
+            Command::Put(r) => txn.put(r).map(CommandResponse::Put),
+            Command::DeleteRange(r) => txn.delete_range(r).map(CommandResponse::DeleteRange),
+            Command::Txn(r) => txn.txn(r).map(CommandResponse::Txn),
+            Command::Compact { revision } => check_compact(*revision, &applied).map(|()| CommandResponse::Compact),
+        });
+        let changed = result.is_ok() && txn.changed();
+        let mut batch = if result.is_ok() { txn.into_batch() } else { WriteBatch::default() };
+        let revision = if changed { applied.revision + 1 } else { applied.revision };
+        assert!(revision >= applied.revision, "revision went backwards");
+        if changed {
+            batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::REVISION, revision.to_be_bytes());
+        }
+        let mut compacted = None;
+        if let (Ok(_), Command::Compact { revision: r }) = (&result, cmd) {
+            batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::COMPACT_REVISION, r.to_be_bytes());
+            compacted = Some(*r);
+        }
+        self.add_meta(&mut batch, meta);
+        drop(snap);
+        self.db.write_opt(batch, &unsynced())?;
+        applied.revision = revision;
+        if let Some(r) = compacted {
+            applied.compact_revision = r;
+            self.compactor.schedule(r);
+        }
+        Ok(ApplyOutcome { revision, result })
+    }
+
+    /// Writes every state-machine record of one consistent view to `out`, and returns
+    /// the metadata values named in `meta_keys` as of that view.
+    pub fn export(&self, out: &mut impl Write, wanted_meta: &[&[u8]]) -> io::Result<Vec<Option<Vec<u8>>>> {
+        let view = self.read_view();
+        out.write_all(SNAPSHOT_MAGIC)?;
+        for (index, name) in STATE_MACHINE_CFS.iter().enumerate() {
+            let mut it = view.snap.raw_iterator_cf(schema::cf(&self.db, name));
+            it.seek_to_first();
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                out.write_all(&[index as u8])?;
+                write_bytes(out, k)?;
+                write_bytes(out, v)?;
+                it.next();
+            }
+            it.status().map_err(io::Error::other)?;
+        }
+        out.write_all(&[SNAPSHOT_END])?;
+        Ok(wanted_meta.iter().map(|k| view.meta(k)).collect())
+    }
+
+    /// Replaces the whole state with an exported one, in one atomic batch.
+    pub fn import(&self, input: &mut impl Read) -> io::Result<()> {
+        // Hold the applier lock so that no apply interleaves with the replacement.
+        let applied = self.applied.lock().expect("applier lock");
+        let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
+        input.read_exact(&mut magic)?;
+        if magic != *SNAPSHOT_MAGIC {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Cairn snapshot (bad magic)"));
+        }
+        let mut batch = WriteBatch::default();
+        for name in STATE_MACHINE_CFS {
+            let cf = schema::cf(&self.db, name);
+            let mut it = self.db.raw_iterator_cf(cf);
+            it.seek_to_first();
+            while let Some(k) = it.key() {
+                batch.delete_cf(cf, k);
+                it.next();
+            }
+        }
+        loop {
+            let mut tag = [0u8; 1];
+            input.read_exact(&mut tag)?;
+            if tag[0] == SNAPSHOT_END {
+                break;
+            }
+            let name = STATE_MACHINE_CFS.get(tag[0] as usize).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("snapshot names unknown table {}", tag[0]))
+            })?;
+            let key = read_bytes(input)?;
+            let value = read_bytes(input)?;
+            batch.put_cf(schema::cf(&self.db, name), key, value);
+        }
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        self.db.write_opt(batch, &sync).map_err(io::Error::other)?;
+        drop(applied);
+        self.reload();
+        Ok(())
+    }
+}
+
+fn check_compact(rev: Revision, applied: &Applied) -> Result<(), MvccError> {
+    if rev <= applied.compact_revision {
+        return Err(MvccError::Compacted { compact_revision: applied.compact_revision });
+    }
+    if rev > applied.revision {
+        return Err(MvccError::FutureRevision { current_revision: applied.revision });
+    }
+    Ok(())
+}
+
+fn unsynced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(false);
+    opts
+}
+
+const SNAPSHOT_MAGIC: &[u8; 12] = b"CAIRNSNAP\x00\x00\x01";
+const SNAPSHOT_END: u8 = 0xff;
+
+fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    out.write_all(&(bytes.len() as u32).to_be_bytes())?;
+    out.write_all(bytes)
+}
+
+fn read_bytes(input: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let mut buf = vec![0u8; u32::from_be_bytes(len) as usize];
+    input.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+/// Encodes a metadata value for [`KvStore::apply`]'s `meta`.
+pub fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    encode(value)
+}
+
+/// Decodes a metadata value read with [`ReadView::meta`].
+pub fn decode_meta<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> T {
+    decode(bytes, "state machine metadata")
+}

@@ -1,0 +1,180 @@
+//! One mutating request applied at one revision: puts, deletes and transactions,
+//! collected in a RocksDB write batch that commits all of it or none of it.
+
+use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
+
+use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
+use super::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
+};
+use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV};
+
+/// A write in progress at revision `begin + 1`. Reads inside it see its own changes.
+pub(crate) struct WriteTxn<'a> {
+    db: &'a DB,
+    snap: &'a SnapshotWithThreadMode<'a, DB>,
+    begin: Revision,
+    compact_revision: Revision,
+    /// Changes so far; also the sub-revision counter (`changes.len()` can be lower
+    /// than `sub` when a key is changed twice, which the duplicate-key rule forbids).
+    overlay: Overlay,
+    sub: i64,
+    batch: WriteBatch,
+}
+
+impl<'a> WriteTxn<'a> {
+    pub fn new(
+        db: &'a DB,
+        snap: &'a SnapshotWithThreadMode<'a, DB>,
+        begin: Revision,
+        compact_revision: Revision,
+    ) -> Self {
+        WriteTxn { db, snap, begin, compact_revision, overlay: Overlay::new(), sub: 0, batch: WriteBatch::default() }
+    }
+
+    /// Whether anything changed, so that the write consumes a revision.
+    pub fn changed(&self) -> bool {
+        self.sub > 0
+    }
+
+    /// The batch holding every change, to commit with the store's metadata.
+    pub fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+
+    fn write_revision(&self) -> Revision {
+        self.begin + 1
+    }
+
+    fn source(&self) -> Source<'_> {
+        Source { db: self.db, snap: self.snap, overlay: Some(&self.overlay) }
+    }
+
+    /// The revision reads see: the write's own revision once it changed something.
+    fn read_revision(&self) -> Revision {
+        if self.changed() {
+            self.begin + 1
+        } else {
+            self.begin
+        }
+    }
+
+    fn record(&mut self, key: &[u8], record: Option<KvRecord>) {
+        let rev = self.write_revision();
+        let kv = schema::cf(self.db, CF_KV);
+        match &record {
+            Some(r) => self.batch.put_cf(kv, key, encode(r)),
+            None => self.batch.delete_cf(kv, key),
+        }
+        self.batch.put_cf(schema::cf(self.db, CF_HISTORY), schema::history_key(key, rev), encode(&record));
+        self.batch.put_cf(schema::cf(self.db, CF_EVENTS), schema::event_key(rev, self.sub), key);
+        self.sub += 1;
+        self.overlay.insert(key.to_vec(), record);
+    }
+
+    pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
+        if req.lease != 0 {
+            // Leases are granted through the Lease API; until one exists, no ID names one.
+            return Err(MvccError::LeaseNotFound { lease: req.lease });
+        }
+        let prev = self.source().get_current(&req.key);
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        let rev = self.write_revision();
+        let record = KvRecord {
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            lease: match (&prev, req.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => req.lease,
+            },
+            value: match (&prev, req.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => req.value.clone(),
+            },
+        };
+        self.record(&req.key, Some(record));
+        let prev_kv = if req.prev_kv { prev.map(|p| p.to_key_value(&req.key)) } else { None };
+        Ok(PutResponse { prev_kv })
+    }
+
+    pub fn delete_range(&mut self, req: &DeleteRangeRequest) -> Result<DeleteRangeResponse, MvccError> {
+        let mut doomed = Vec::new();
+        self.source().scan_current(&req.key, &RangeEnd::from_request(&req.range_end), |key, record| {
+            doomed.push(record.to_key_value(key));
+            true
+        });
+        for kv in &doomed {
+            self.record(&kv.key, None);
+        }
+        let deleted = doomed.len() as i64;
+        let prev_kvs = if req.prev_kv { doomed } else { Vec::new() };
+        Ok(DeleteRangeResponse { deleted, prev_kvs })
+    }
+
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        let current = self.read_revision();
+        let rev = if req.revision <= 0 { current } else { req.revision };
+        if rev == current {
+            execute_range(&self.source(), req, current, self.compact_revision)
+        } else {
+            // Past revisions are all stored already: read history without the overlay.
+            let stored = Source { db: self.db, snap: self.snap, overlay: None };
+            execute_range(&stored, &RangeRequest { revision: rev, ..req.clone() }, current, self.compact_revision)
+        }
+    }
+
+    pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded { &req.success } else { &req.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
+                RequestOp::Put(r) => ResponseOp::Put(self.put(r)?),
+                RequestOp::DeleteRange(r) => ResponseOp::DeleteRange(self.delete_range(r)?),
+                RequestOp::Txn(r) => ResponseOp::Txn(self.txn(r)?),
+            });
+        }
+        Ok(TxnResponse { succeeded, responses })
+    }
+
+    /// etcd's compare: every key in the range must satisfy it; a missing key compares
+    /// as zero, except that a value compare on no key at all fails.
+    fn compare(&self, c: &Compare) -> bool {
+        let mut records = Vec::new();
+        self.source().scan_current(&c.key, &RangeEnd::from_request(&c.range_end), |_, r| {
+            records.push(r.clone());
+            true
+        });
+        if records.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return false;
+            }
+            return compare_one(
+                c,
+                &KvRecord { create_revision: 0, mod_revision: 0, version: 0, lease: 0, value: Vec::new() },
+            );
+        }
+        records.iter().all(|r| compare_one(c, r))
+    }
+}
+
+fn compare_one(c: &Compare, r: &KvRecord) -> bool {
+    let ord = match &c.target {
+        CompareTarget::Version(v) => r.version.cmp(v),
+        CompareTarget::Create(v) => r.create_revision.cmp(v),
+        CompareTarget::Mod(v) => r.mod_revision.cmp(v),
+        CompareTarget::Lease(v) => r.lease.cmp(v),
+        CompareTarget::Value(v) => r.value.as_slice().cmp(v.as_slice()),
+    };
+    match c.result {
+        CompareResult::Equal => ord.is_eq(),
+        CompareResult::NotEqual => ord.is_ne(),
+        CompareResult::Greater => ord.is_gt(),
+        CompareResult::Less => ord.is_lt(),
+    }
+}

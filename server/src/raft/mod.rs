@@ -1,0 +1,56 @@
+//! Raft replication with openraft: the type declaration, the RocksDB log store, the
+//! state machine adapter over [`crate::mvcc`], the peer network and service, and the
+//! node that turns client requests into proposals and linearizable reads.
+
+mod log_store;
+mod network;
+mod node;
+mod peer_service;
+mod read_index;
+mod state_machine;
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+pub use log_store::LogStore;
+pub use network::PeerNetwork;
+pub use node::{RaftNode, RaftNodeError, RaftSettings};
+pub use peer_service::PeerService;
+pub use state_machine::StateMachine;
+
+use crate::mvcc::{ApplyOutcome, Command};
+
+/// A member's Raft ID (etcd's member ID).
+pub type NodeId = u64;
+
+/// What Raft knows about a member: etcd's `Member` without the ID.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}({})", self.name, self.peer_urls.join(","))
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Cairn's Raft types: commands in, apply outcomes out.
+    pub TypeConfig:
+        D = Command,
+        R = ApplyOutcome,
+        NodeId = NodeId,
+        Node = Member,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
+pub type StorageError = openraft::StorageError<NodeId>;

@@ -1,0 +1,184 @@
+//! openraft's network over Cairn's peer gRPC service: one long-lived tonic channel
+//! per peer, shared by Raft replication and request forwarding.
+
+use std::collections::HashMap;
+use std::error::Error;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_proto::peer::peer_client::PeerClient;
+use cairn_proto::peer::PeerMessage;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use super::{Member, NodeId, TypeConfig};
+use crate::limits::RESPONSE_BYTES_MAX;
+
+/// Which peer RPC to call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PeerRpc {
+    AppendEntries,
+    Vote,
+    InstallSnapshot,
+    Forward,
+    ReadIndex,
+}
+
+/// Why a peer call failed before the peer could answer.
+#[derive(thiserror::Error, Debug)]
+pub(crate) enum PeerCallError {
+    #[error("member {target:x} has no usable peer URL: {reason}")]
+    BadAddress { target: NodeId, reason: String },
+    #[error("member {target:x} did not answer within {timeout:?}")]
+    Timeout { target: NodeId, timeout: Duration },
+    #[error("member {target:x} refused the call: {status}")]
+    Refused { target: NodeId, status: tonic::Status },
+    #[error("member {target:x} sent an undecodable reply: {reason}")]
+    Decode { target: NodeId, reason: String },
+}
+
+/// Connections to the other members.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    cluster_id: u64,
+    self_id: NodeId,
+    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+}
+
+impl PeerNetwork {
+    pub fn new(cluster_id: u64, self_id: NodeId) -> Self {
+        PeerNetwork { cluster_id, self_id, channels: Arc::default() }
+    }
+
+    fn channel(&self, target: NodeId, node: &Member) -> Result<Channel, PeerCallError> {
+        let url = node.peer_urls.first().ok_or_else(|| PeerCallError::BadAddress {
+            target,
+            reason: format!("member {} lists no peer URL", node.name),
+        })?;
+        let mut channels = self.channels.lock().expect("peer channel map");
+        if let Some((known, channel)) = channels.get(&target) {
+            if known == url {
+                return Ok(channel.clone());
+            }
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| PeerCallError::BadAddress { target, reason: format!("{url}: {e}") })?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(target, (url.clone(), channel.clone()));
+        Ok(channel)
+    }
+
+    /// Calls `rpc` on `target` with a bincode payload and decodes its bincode reply.
+    pub(crate) async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: NodeId,
+        node: &Member,
+        rpc: PeerRpc,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, PeerCallError> {
+        let channel = self.channel(target, node)?;
+        let mut client = PeerClient::new(channel)
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+        let payload = bincode::serialize(req).expect("bincode encoding of an in-memory value cannot fail");
+        let mut request = tonic::Request::new(PeerMessage { cluster_id: self.cluster_id, from: self.self_id, payload });
+        request.set_timeout(timeout);
+        let call = async {
+            match rpc {
+                PeerRpc::AppendEntries => client.append_entries(request).await,
+                PeerRpc::Vote => client.vote(request).await,
+                PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
+                PeerRpc::Forward => client.forward(request).await,
+                PeerRpc::ReadIndex => client.read_index(request).await,
+            }
+        };
+        let reply = match tokio::time::timeout(timeout, call).await {
+            Err(_) => return Err(PeerCallError::Timeout { target, timeout }),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(PeerCallError::Timeout { target, timeout })
+            }
+            Ok(Err(status)) => return Err(PeerCallError::Refused { target, status }),
+            Ok(Ok(reply)) => reply.into_inner(),
+        };
+        bincode::deserialize(&reply.payload).map_err(|e| PeerCallError::Decode { target, reason: e.to_string() })
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Member) -> Self::Network {
+        PeerConnection { net: self.clone(), target, node: node.clone() }
+    }
+}
+
+/// openraft's view of one peer.
+pub struct PeerConnection {
+    net: PeerNetwork,
+    target: NodeId,
+    node: Member,
+}
+
+impl PeerConnection {
+    async fn raft_call<Req, Resp, E>(
+        &self,
+        rpc: PeerRpc,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, Member, E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: Error + DeserializeOwned,
+    {
+        let result: Result<Resp, E> =
+            self.net.call(self.target, &self.node, rpc, req, option.hard_ttl()).await.map_err(|e| match e {
+                PeerCallError::Refused { ref status, .. } if status.code() == tonic::Code::Unavailable => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+                PeerCallError::BadAddress { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                other => RPCError::Network(NetworkError::new(&other)),
+            })?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        self.raft_call(PeerRpc::Vote, &rpc, &option).await
+    }
+}

@@ -1,0 +1,329 @@
+//! A running Raft member as the API sees it: writes that reach the leader wherever
+//! they arrive, and linearizable reads on any member through ReadIndex.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use rocksdb::DB;
+use serde::{Deserialize, Serialize};
+use tokio::time::{timeout, Instant};
+
+use super::network::{PeerCallError, PeerRpc};
+use super::read_index::ReadBatcher;
+use super::{LogStore, Member, NodeId, PeerNetwork, Raft, StateMachine};
+use crate::limits::{
+    APPEND_ENTRIES_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT, PEER_FORWARD_TIMEOUT_MS,
+    SNAPSHOT_CHUNK_BYTES_MAX,
+};
+use crate::mvcc::{ApplyOutcome, Command, KvStore};
+
+/// Raft settings of a member.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    pub snapshot_entries: u64,
+    pub snapshot_catchup_entries: u64,
+    pub request_timeout: Duration,
+    /// Serve linearizable reads on the leader without a quorum round while its lease
+    /// holds. Assumes members' clocks advance at rates within 30% of each other.
+    pub lease_reads: bool,
+}
+
+/// Why a request could not go through Raft. Serializable: followers receive it from
+/// the leader when they forward.
+#[derive(thiserror::Error, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RaftNodeError {
+    #[error("no leader")]
+    NoLeader,
+    #[error("request timed out")]
+    Timeout,
+    /// The write was sent to the leader but no answer came back: it may or may not
+    /// have been applied.
+    #[error("request timed out, possibly due to connection lost")]
+    OutcomeUnknown,
+    #[error("not leader")]
+    NotLeader { leader: Option<NodeId> },
+    #[error("server stopped")]
+    Stopped,
+}
+
+/// A running member.
+pub struct RaftNode {
+    pub raft: Raft,
+    pub id: NodeId,
+    pub cluster_id: u64,
+    net: PeerNetwork,
+    settings: RaftSettings,
+    local_reads: Arc<ReadBatcher>,
+    leader_reads: Arc<ReadBatcher>,
+}
+
+impl RaftNode {
+    /// Starts Raft on an opened database.
+    pub async fn start(
+        id: NodeId,
+        cluster_id: u64,
+        db: Arc<DB>,
+        store: Arc<KvStore>,
+        snapshot_dir: PathBuf,
+        settings: RaftSettings,
+    ) -> anyhow::Result<Arc<Self>> {
+        let config = openraft::Config {
+            cluster_name: format!("cairn-{cluster_id:x}"),
+            heartbeat_interval: settings.heartbeat_interval_ms,
+            election_timeout_min: settings.election_timeout_ms,
+            election_timeout_max: settings.election_timeout_ms * 3 / 2,
+            max_payload_entries: APPEND_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_entries),
+            max_in_snapshot_log_to_keep: settings.snapshot_catchup_entries,
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX as u64,
+            ..Default::default()
+        }
+        .validate()?;
+        let net = PeerNetwork::new(cluster_id, id);
+        let sm = StateMachine::new(store, snapshot_dir)?;
+        let raft = Raft::new(id, Arc::new(config), net.clone(), LogStore::open(db), sm).await?;
+        let node = Arc::new(RaftNode {
+            raft,
+            id,
+            cluster_id,
+            net,
+            settings,
+            local_reads: Arc::default(),
+            leader_reads: Arc::default(),
+        });
+        tokio::spawn(log_leadership(node.raft.clone(), id));
+        Ok(node)
+    }
+
+    /// Forms a new cluster from `members` (all initial members call this with the
+    /// same set; openraft makes that safe). A no-op on an already formed member.
+    pub async fn bootstrap(&self, members: BTreeMap<NodeId, Member>) -> anyhow::Result<()> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The current leader, as this member knows it.
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// The index of the last log entry applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index)
+    }
+
+    fn leader_node(&self, leader: NodeId) -> Option<Member> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.membership_config.membership().get_node(&leader).cloned()
+    }
+
+    /// Proposes `cmd` and returns its apply outcome, forwarding to the leader when
+    /// this member is not it.
+    pub async fn write(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        match timeout(self.settings.request_timeout, self.write_via_leader(cmd)).await {
+            Ok(result) => result,
+            Err(_) => Err(RaftNodeError::Timeout),
+        }
+    }
+
+    async fn write_via_leader(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            // Each NotLeader below means the command was not appended anywhere, so
+            // trying again cannot apply it twice.
+            let leader = match self.propose_local(cmd.clone()).await {
+                Err(RaftNodeError::NotLeader { leader }) => leader,
+                other => return other,
+            };
+            let target = match leader {
+                Some(l) if l != self.id => l,
+                _ => {
+                    self.wait_for_leader_other_than(None).await?;
+                    continue;
+                }
+            };
+            let Some(node) = self.leader_node(target) else {
+                self.wait_for_leader_other_than(Some(target)).await?;
+                continue;
+            };
+            let timeout = Duration::from_millis(PEER_FORWARD_TIMEOUT_MS);
+            match self
+                .net
+                .call::<_, Result<ApplyOutcome, RaftNodeError>>(target, &node, PeerRpc::Forward, &cmd, timeout)
+                .await
+            {
+                Ok(Err(RaftNodeError::NotLeader { .. })) | Err(PeerCallError::BadAddress { .. }) => {
+                    self.wait_for_leader_other_than(Some(target)).await?;
+                }
+                Ok(result) => return result,
+                Err(e) => {
+                    tracing::warn!(leader = format_args!("{target:x}"), error = %e, "forwarding a write to the leader failed");
+                    return Err(RaftNodeError::OutcomeUnknown);
+                }
+            }
+        }
+        Err(RaftNodeError::NoLeader)
+    }
+
+    /// Proposes `cmd` on this member, which must be the leader.
+    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        match self.raft.client_write(cmd).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(RaftNodeError::NotLeader { leader: f.leader_id })
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+                unreachable!("a normal write cannot fail with a membership error: {e}")
+            }
+            Err(RaftError::Fatal(e)) => {
+                tracing::error!(error = %e, "raft stopped");
+                Err(RaftNodeError::Stopped)
+            }
+        }
+    }
+
+    async fn wait_for_leader_other_than(&self, old: Option<NodeId>) -> Result<NodeId, RaftNodeError> {
+        let mut rx = self.raft.metrics();
+        let wait = async {
+            rx.wait_for(|m| m.current_leader.is_some() && m.current_leader != old).await.map(|m| m.current_leader)
+        };
+        let leader = match timeout(self.settings.request_timeout, wait).await {
+            Ok(Ok(leader)) => Ok(leader.expect("checked")),
+            Ok(Err(_)) => Err(RaftNodeError::Stopped),
+            Err(_) => Err(RaftNodeError::NoLeader),
+        };
+        leader
+    }
+
+    /// Waits until this member's state machine reflects every write acknowledged
+    /// before the call: after it returns, a local read is linearizable.
+    pub async fn linearizable_barrier(self: &Arc<Self>) -> Result<(), RaftNodeError> {
+        let deadline = Instant::now() + self.settings.request_timeout;
+        let index = match self.lease_read_index() {
+            Some(index) => index,
+            None => {
+                let node = self.clone();
+                let round = self.local_reads.read_index(move || {
+                    let node = node.clone();
+                    async move { node.fetch_read_index(deadline).await }
+                });
+                timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
+            }
+        };
+        let mut rx = self.raft.metrics();
+        let applied = async { rx.wait_for(|m| m.last_applied.map_or(0, |l| l.index) >= index).await.map(|_| ()) };
+        let result = match tokio::time::timeout_at(deadline, applied).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RaftNodeError::Stopped),
+            Err(_) => Err(RaftNodeError::Timeout),
+        };
+        result
+    }
+
+    /// With lease reads on, the leader's read index while its lease holds.
+    fn lease_read_index(&self) -> Option<u64> {
+        if !self.settings.lease_reads {
+            return None;
+        }
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let lease_ms = self.settings.election_timeout_ms * LEASE_READ_ELECTION_FRACTION_PERCENT / 100;
+        let fresh = m.millis_since_quorum_ack.is_some_and(|ms| ms < lease_ms);
+        // The last log index is at least the commit index, so waiting for it to be
+        // applied is enough (and the leader's first entry of its term is included).
+        (m.state == ServerState::Leader && fresh).then(|| m.last_log_index.unwrap_or(0))
+    }
+
+    /// One ReadIndex round: on the leader, confirm leadership with a quorum; on a
+    /// follower, ask the leader. Retries across leader changes until `deadline`.
+    async fn fetch_read_index(&self, deadline: Instant) -> Result<u64, RaftNodeError> {
+        loop {
+            match self.raft.get_read_log_id().await {
+                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        let answer = self
+                            .net
+                            .call::<_, Result<u64, RaftNodeError>>(leader, &node, PeerRpc::ReadIndex, &(), left)
+                            .await;
+                        match answer {
+                            Ok(Ok(index)) => return Ok(index),
+                            Ok(Err(RaftNodeError::Stopped)) | Ok(Err(RaftNodeError::NotLeader { .. })) | Err(_) => {}
+                            Ok(Err(e)) => return Err(e),
+                        }
+                    }
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {}
+                Err(RaftError::Fatal(_)) => return Err(RaftNodeError::Stopped),
+            }
+            if Instant::now() >= deadline {
+                return Err(if self.leader().is_none() { RaftNodeError::NoLeader } else { RaftNodeError::Timeout });
+            }
+            tokio::time::sleep(Duration::from_millis(self.settings.heartbeat_interval_ms)).await;
+        }
+    }
+
+    /// A ReadIndex round for a follower: only the leader answers.
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, RaftNodeError> {
+        let raft = self.raft.clone();
+        let round = self.leader_reads.read_index(move || {
+            let raft = raft.clone();
+            async move {
+                match raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                    Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                        Err(RaftNodeError::NotLeader { leader: f.leader_id })
+                    }
+                    Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(RaftNodeError::Timeout),
+                    Err(RaftError::Fatal(_)) => Err(RaftNodeError::Stopped),
+                }
+            }
+        });
+        timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)?
+    }
+}
+
+/// Logs elections and leadership changes, one line each.
+async fn log_leadership(raft: Raft, id: NodeId) {
+    let mut rx = raft.metrics();
+    let mut last = (ServerState::Learner, None, 0u64);
+    loop {
+        let now = {
+            let m = rx.borrow_and_update();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if now != last {
+            let (state, leader, term) = now;
+            if state == ServerState::Leader && last.0 != ServerState::Leader {
+                tracing::info!(member = format_args!("{id:x}"), term, "elected leader");
+            } else if state != ServerState::Leader && last.0 == ServerState::Leader {
+                tracing::info!(member = format_args!("{id:x}"), term, "lost leadership");
+            } else if leader != last.1 {
+                match leader {
+                    Some(l) => tracing::info!(leader = format_args!("{l:x}"), term, "leader changed"),
+                    None => tracing::info!(term, "no leader"),
+                }
+            }
+            last = now;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The peer gRPC service: Raft RPCs from other members, writes forwarded by
+//! followers, and ReadIndex requests. Messages from another cluster are refused.
+
+use std::sync::Arc;
+
+use cairn_proto::peer::peer_server::Peer;
+use cairn_proto::peer::PeerMessage;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tonic::{Request, Response, Status};
+
+use super::{NodeId, RaftNode, TypeConfig};
+use crate::mvcc::Command;
+
+pub struct PeerService {
+    node: Arc<RaftNode>,
+}
+
+impl PeerService {
+    pub fn new(node: Arc<RaftNode>) -> Self {
+        PeerService { node }
+    }
+
+    fn open<T: DeserializeOwned>(&self, req: Request<PeerMessage>) -> Result<(NodeId, T), Status> {
+        let msg = req.into_inner();
+        if msg.cluster_id != self.node.cluster_id {
+            tracing::warn!(
+                from = format_args!("{:x}", msg.from),
+                their_cluster = format_args!("{:x}", msg.cluster_id),
+                "refused a peer message from another cluster"
+            );
+            return Err(Status::failed_precondition(format!(
+                "cairn: member {:x} belongs to cluster {:x}, not to the sender's cluster {:x}",
+                self.node.id, self.node.cluster_id, msg.cluster_id
+            )));
+        }
+        let payload = bincode::deserialize(&msg.payload)
+            .map_err(|e| Status::invalid_argument(format!("cairn: undecodable peer message: {e}")))?;
+        Ok((msg.from, payload))
+    }
+
+    fn reply<T: Serialize>(&self, value: &T) -> Response<PeerMessage> {
+        let payload = bincode::serialize(value).expect("bincode encoding of an in-memory value cannot fail");
+        Response::new(PeerMessage { cluster_id: self.node.cluster_id, from: self.node.id, payload })
+    }
+}
+
+#[tonic::async_trait]
+impl Peer for PeerService {
+    async fn append_entries(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
+        Ok(self.reply(&self.node.raft.append_entries(rpc).await))
+    }
+
+    async fn vote(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
+        Ok(self.reply(&self.node.raft.vote(rpc).await))
+    }
+
+    async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
+        Ok(self.reply(&self.node.raft.install_snapshot(rpc).await))
+    }
+
+    async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, cmd): (_, Command) = self.open(req)?;
+        Ok(self.reply(&self.node.propose_local(cmd).await))
+    }
+
+    async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, ()) = self.open(req)?;
+        Ok(self.reply(&self.node.leader_read_index().await))
+    }
+}

@@ -1,0 +1,201 @@
+//! Every RocksDB column family and key encoding Cairn stores, in one place.
+//!
+//! One RocksDB instance per member holds both the Raft log and the state machine, so
+//! that both share one write-ahead log: an fsync of the log also makes every state
+//! machine write before it durable.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, DB};
+
+/// Raft log entries: `log_key(index)` → bincode `Entry`.
+pub const CF_RAFT_LOG: &str = "raft_log";
+/// Raft hard state: vote, committed and purged log ids.
+pub const CF_RAFT_STATE: &str = "raft_state";
+/// Live keys at the current revision: user key → bincode `KvRecord`.
+pub const CF_KV: &str = "kv";
+/// Every version of every key: `history_key(key, rev)` → bincode `Option<KvRecord>`
+/// (`None` is a tombstone). Newest version of a key first.
+pub const CF_HISTORY: &str = "kv_history";
+/// Changes in revision order: `event_key(rev, sub)` → user key.
+pub const CF_EVENTS: &str = "kv_events";
+/// State machine metadata, written in the same batch as the data it describes.
+pub const CF_META: &str = "sm_meta";
+/// This member's identity: cluster id, member id, name.
+pub const CF_IDENTITY: &str = "identity";
+
+/// Column families that make up the state machine, and so a snapshot.
+pub const STATE_MACHINE_CFS: [&str; 4] = [CF_KV, CF_HISTORY, CF_EVENTS, CF_META];
+
+/// Every column family.
+pub const ALL_CFS: [&str; 7] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_HISTORY, CF_EVENTS, CF_META, CF_IDENTITY];
+
+/// Keys in [`CF_RAFT_STATE`].
+pub mod raft_state_keys {
+    pub const VOTE: &[u8] = b"vote";
+    pub const COMMITTED: &[u8] = b"committed";
+    pub const LAST_PURGED: &[u8] = b"last_purged";
+}
+
+/// Keys in [`CF_META`].
+pub mod meta_keys {
+    /// Last applied log id.
+    pub const APPLIED: &[u8] = b"applied";
+    /// Last applied membership.
+    pub const MEMBERSHIP: &[u8] = b"membership";
+    /// Current MVCC revision (i64, big endian).
+    pub const REVISION: &[u8] = b"revision";
+    /// Revision below which history may no longer be read (logical compaction).
+    pub const COMPACT_REVISION: &[u8] = b"compact_revision";
+    /// Revision up to which history has been physically removed.
+    pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
+}
+
+/// Keys in [`CF_IDENTITY`].
+pub mod identity_keys {
+    pub const IDENTITY: &[u8] = b"identity";
+}
+
+/// Opens (creating if needed) the member's database with every column family.
+pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.increase_parallelism(2);
+    opts.set_max_background_jobs(2);
+    opts.set_keep_log_file_num(4);
+    let cache = Cache::new_lru_cache(128 * 1024 * 1024);
+    let cfs = ALL_CFS.iter().map(|name| {
+        let mut cf_opts = Options::default();
+        let mut block = BlockBasedOptions::default();
+        block.set_block_cache(&cache);
+        block.set_bloom_filter(10.0, false);
+        cf_opts.set_block_based_table_factory(&block);
+        cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        ColumnFamilyDescriptor::new(*name, cf_opts)
+    });
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+}
+
+/// Bytes the database takes on disk (SST files plus memtables), and an estimate of
+/// the bytes that hold live data.
+pub fn disk_usage(db: &DB) -> (u64, u64) {
+    let prop = |cf, name| db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
+    ALL_CFS.iter().fold((0, 0), |(size, live), name| {
+        let cf = self::cf(db, name);
+        let mem = prop(cf, "rocksdb.size-all-mem-tables");
+        (
+            size + prop(cf, "rocksdb.total-sst-files-size") + mem,
+            live + prop(cf, "rocksdb.estimate-live-data-size") + mem,
+        )
+    })
+}
+
+/// Handle of a column family that [`open_db`] always creates.
+pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} missing: database not opened by schema::open_db"))
+}
+
+/// Raft log key: the index, big endian, so that keys sort by index.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Inverse of [`log_key`].
+pub fn log_index(key: &[u8]) -> u64 {
+    u64::from_be_bytes(key.try_into().expect("raft log key is 8 bytes"))
+}
+
+/// Order-preserving, prefix-free encoding of a user key: `0x00` becomes `0x00 0xff`
+/// and the key ends with `0x00 0x01`, so `(key, rev)` pairs sort by key, then rev.
+pub fn escape_key(user_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(user_key.len() + 10);
+    for &b in user_key {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0x00, 0x01]);
+    out
+}
+
+/// History key: escaped user key, then the revision inverted so the newest sorts first.
+pub fn history_key(user_key: &[u8], rev: i64) -> Vec<u8> {
+    let mut out = escape_key(user_key);
+    out.extend_from_slice(&inverted_rev(rev));
+    out
+}
+
+fn inverted_rev(rev: i64) -> [u8; 8] {
+    assert!(rev >= 0, "revision {rev} is negative");
+    (u64::MAX - rev as u64).to_be_bytes()
+}
+
+/// Splits a history key into the user key and revision.
+pub fn decode_history_key(key: &[u8]) -> (Vec<u8>, i64) {
+    assert!(key.len() >= 10, "history key too short: {key:?}");
+    let (escaped, rev) = key.split_at(key.len() - 8);
+    let rev = u64::MAX - u64::from_be_bytes(rev.try_into().expect("8 bytes"));
+    let mut user = Vec::with_capacity(escaped.len());
+    let mut i = 0;
+    while i < escaped.len() {
+        let b = escaped[i];
+        if b == 0 {
+            match escaped.get(i + 1) {
+                Some(0xff) => {
+                    user.push(0);
+                    i += 2;
+                    continue;
+                }
+                Some(0x01) if i + 2 == escaped.len() => break,
+                _ => panic!("corrupt history key {key:?}"),
+            }
+        }
+        user.push(b);
+        i += 1;
+    }
+    (user, rev as i64)
+}
+
+/// Event key: revision then sub-revision, big endian.
+pub fn event_key(rev: i64, sub: i64) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&(rev as u64).to_be_bytes());
+    out[8..].copy_from_slice(&(sub as u64).to_be_bytes());
+    out
+}
+
+/// Inverse of [`event_key`].
+pub fn decode_event_key(key: &[u8]) -> (i64, i64) {
+    assert_eq!(key.len(), 16, "event key is 16 bytes");
+    let rev = u64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    let sub = u64::from_be_bytes(key[8..].try_into().expect("8 bytes"));
+    (rev as i64, sub as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_keys_sort_by_key_then_newest_first() {
+        let keys: Vec<(&[u8], i64)> =
+            vec![(b"a", 9), (b"a", 3), (b"a\x00", 5), (b"a\x00\x00", 1), (b"a\x01", 2), (b"ab", 7), (b"b", 1)];
+        let encoded: Vec<Vec<u8>> = keys.iter().map(|(k, r)| history_key(k, *r)).collect();
+        let mut sorted = encoded.clone();
+        sorted.sort();
+        assert_eq!(encoded, sorted);
+        for (k, r) in keys {
+            assert_eq!(decode_history_key(&history_key(k, r)), (k.to_vec(), r));
+        }
+    }
+
+    #[test]
+    fn event_keys_round_trip_in_order() {
+        assert!(event_key(2, 0) < event_key(2, 1));
+        assert!(event_key(2, 9) < event_key(3, 0));
+        assert_eq!(decode_event_key(&event_key(77, 3)), (77, 3));
+    }
+}

@@ -1,0 +1,165 @@
+//! Wires a member together: storage, identity, Raft, and the client and peer gRPC
+//! servers; runs until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::peer::peer_server::PeerServer;
+use futures::StreamExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{Api, ApiLimits, KvService, MaintenanceService, UnimplementedLayer};
+use crate::bootstrap;
+use crate::config::{url_authority, Config};
+use crate::limits::{GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
+use crate::mvcc::KvStore;
+use crate::raft::{PeerService, RaftNode, RaftSettings};
+use crate::schema;
+
+const DB_DIR: &str = "db";
+const SNAPSHOT_DIR: &str = "snap";
+
+/// Runs a member until it is asked to stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let dir = &config.data_dir;
+    check_data_dir(dir)?;
+    let db =
+        schema::open_db(&dir.join(DB_DIR)).with_context(|| format!("opening the database in {}", dir.display()))?;
+    let (identity, fresh) = bootstrap::load_or_create(&db, dir, &config)?;
+    let store = KvStore::open(db.clone());
+    let settings = RaftSettings {
+        heartbeat_interval_ms: config.heartbeat_interval_ms,
+        election_timeout_ms: config.election_timeout_ms,
+        snapshot_entries: config.snapshot_entries,
+        snapshot_catchup_entries: config.snapshot_catchup_entries,
+        request_timeout: config.request_timeout,
+        lease_reads: config.lease_reads,
+    };
+    let node =
+        RaftNode::start(identity.member_id, identity.cluster_id, db, store.clone(), dir.join(SNAPSHOT_DIR), settings)
+            .await
+            .context("starting raft")?;
+    // Listen before forming the cluster, so that peers' first messages find us.
+    let peer_listeners = bind_all(&config.listen_peer_urls).await?;
+    let client_listeners = bind_all(&config.listen_client_urls).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut servers = Vec::new();
+    for listener in peer_listeners {
+        let peer = PeerServer::new(PeerService::new(node.clone()))
+            .max_decoding_message_size(RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+        let router = tonic::transport::Server::builder().add_service(peer);
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
+    }
+    if fresh {
+        node.bootstrap(bootstrap::initial_members(&config)).await.context("forming the cluster")?;
+    }
+    let limits = ApiLimits {
+        request_bytes_max: config.request_bytes_max,
+        txn_ops_max: config.txn_ops_max,
+        request_timeout: config.request_timeout,
+    };
+    let api = Api::new(node.clone(), store, limits);
+    for listener in client_listeners {
+        let kv = KvServer::new(KvService::new(api.clone()))
+            .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
+            .max_encoding_message_size(RESPONSE_BYTES_MAX);
+        let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
+        let router =
+            tonic::transport::Server::builder().layer(UnimplementedLayer).add_service(kv).add_service(maintenance);
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
+    }
+    tracing::info!(
+        name = %config.name,
+        member = format_args!("{:x}", identity.member_id),
+        cluster = format_args!("{:x}", identity.cluster_id),
+        clients = %config.listen_client_urls.join(","),
+        peers = %config.listen_peer_urls.join(","),
+        new = fresh,
+        "serving"
+    );
+    wait_for_signal().await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    for server in servers {
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "a gRPC server stopped with an error");
+        }
+    }
+    stop_raft(&node).await;
+    Ok(())
+}
+
+async fn stop_raft(node: &Arc<RaftNode>) {
+    if let Err(e) = node.raft.shutdown().await {
+        tracing::warn!(error = %e, "raft did not shut down cleanly");
+    }
+}
+
+/// A data directory is either new, empty, or one Cairn created.
+fn check_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let mut entries =
+        std::fs::read_dir(dir).with_context(|| format!("reading the data directory {}", dir.display()))?;
+    let has_db = dir.join(DB_DIR).is_dir();
+    if !has_db && entries.next().is_some() {
+        bail!(
+            "data directory {} is not empty and holds no Cairn database; refusing to use it (choose an empty or new directory)",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let authority = url_authority(url);
+        let addr: SocketAddr = match authority.parse() {
+            Ok(a) => a,
+            Err(_) => tokio::net::lookup_host(authority)
+                .await
+                .with_context(|| format!("resolving {url}"))?
+                .next()
+                .with_context(|| format!("{url} resolves to no address"))?,
+        };
+        listeners.push(TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {url}"))?);
+    }
+    Ok(listeners)
+}
+
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    })
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
