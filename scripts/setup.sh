@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what building and testing Cairn needs on a fresh Debian machine, and
+# only what is missing: libclang (RocksDB's bindings), etcd's server and client
+# (compatibility tests, side-by-side benchmarks), nftables (partition tests), and
+# protoc for the etcd-client test dependency.
+set -euo pipefail
+
+need=()
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v nft >/dev/null 2>&1 || need+=(nftables)
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# Only the etcd-client crate (a test dependency) needs protoc; Cairn's own crates
+# compile their .proto files with protox.
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+
+if ((${#need[@]})); then
+    echo "setup: installing ${need[*]}" >&2
+    SUDO=""
+    if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install the stable Rust toolchain (rustup) first" >&2
+    exit 1
+fi
