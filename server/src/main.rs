@@ -33,8 +33,9 @@ fn main() -> ExitCode {
 
 fn init_logging(config: &Config) {
     // Quiet by default: openraft and the transport log at warn unless asked.
-    let filter = EnvFilter::try_from_env("CAIRN_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,cairn_server={0},cairn={0}", config.log_level)));
+    let filter = EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("warn,openraft=error,cairn_server={0},cairn={0}", config.log_level))
+    });
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match config.log_format {

@@ -141,23 +141,25 @@ pub fn delete_response(r: DeleteRangeResponse, header: Option<pb::ResponseHeader
     pb::DeleteRangeResponse { header, deleted: r.deleted, prev_kvs: r.prev_kvs.into_iter().map(key_value).collect() }
 }
 
-/// Converts a Txn response; nested responses carry the same header as etcd's do.
-pub fn txn_response(r: TxnResponse, header: &Option<pb::ResponseHeader>) -> pb::TxnResponse {
+/// Converts a Txn response. As in etcd, only the outer header is complete; nested
+/// responses carry a header with just their revision.
+pub fn txn_response(r: TxnResponse, header: Option<pb::ResponseHeader>) -> pb::TxnResponse {
     let responses = r
         .responses
         .into_iter()
-        .map(|op| pb::ResponseOp {
-            response: Some(match op {
-                ResponseOp::Range(r) => response_op::Response::ResponseRange(range_response(r, header.clone())),
-                ResponseOp::Put(r) => response_op::Response::ResponsePut(put_response(r, header.clone())),
-                ResponseOp::DeleteRange(r) => {
-                    response_op::Response::ResponseDeleteRange(delete_response(r, header.clone()))
-                }
-                ResponseOp::Txn(r) => response_op::Response::ResponseTxn(txn_response(r, header)),
-            }),
+        .map(|op| {
+            let inner = Some(pb::ResponseHeader { revision: op.revision, ..Default::default() });
+            pb::ResponseOp {
+                response: Some(match op.response {
+                    ResponseOp::Range(r) => response_op::Response::ResponseRange(range_response(r, inner)),
+                    ResponseOp::Put(r) => response_op::Response::ResponsePut(put_response(r, inner)),
+                    ResponseOp::DeleteRange(r) => response_op::Response::ResponseDeleteRange(delete_response(r, inner)),
+                    ResponseOp::Txn(r) => response_op::Response::ResponseTxn(txn_response(r, inner)),
+                }),
+            }
         })
         .collect();
-    pb::TxnResponse { header: header.clone(), succeeded: r.succeeded, responses }
+    pb::TxnResponse { header, succeeded: r.succeeded, responses }
 }
 
 /// The revision a compaction request names, checked for sign.

@@ -81,7 +81,7 @@ impl Kv for KvService {
         let bytes = request.get_ref().encoded_len();
         let cmd = Command::Txn(convert::txn_request(request.into_inner())?);
         match self.propose(cmd, bytes).await? {
-            (CommandResponse::Txn(r), rev) => Ok(Response::new(convert::txn_response(r, &self.api.header(rev)))),
+            (CommandResponse::Txn(r), rev) => Ok(Response::new(convert::txn_response(r, self.api.header(rev)))),
             (other, _) => Err(unexpected("txn", &other)),
         }
     }

@@ -211,11 +211,13 @@ pub(crate) fn execute_range(
     let end = RangeEnd::from_request(&req.range_end);
     let mut kvs = Vec::new();
     let mut count = 0i64;
+    // keys_only drops values, but only after sorting when sorting by value.
+    let sorts_by_value = req.sort_target == SortTarget::Value;
     let mut visit = |key: &[u8], record: &KvRecord| {
         count += 1;
         if kvs.len() < collect_max {
             let mut kv = record.to_key_value(key);
-            if req.keys_only {
+            if req.keys_only && !sorts_by_value {
                 kv.value.clear();
             }
             kvs.push(kv);
@@ -240,6 +242,9 @@ pub(crate) fn execute_range(
     if req.limit > 0 && kvs.len() > req.limit as usize {
         kvs.truncate(req.limit as usize);
         more = true;
+    }
+    if req.keys_only && sorts_by_value {
+        kvs.iter_mut().for_each(|kv| kv.value.clear());
     }
     Ok(RangeResponse { kvs, more, count })
 }

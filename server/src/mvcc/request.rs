@@ -139,7 +139,17 @@ pub struct TxnRequest {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct TxnResponse {
     pub succeeded: bool,
-    pub responses: Vec<ResponseOp>,
+    pub responses: Vec<OpResult>,
+}
+
+/// One operation's response inside a Txn, with the revision etcd reports in its
+/// header: the revision of the transaction's view right after the operation (the
+/// write revision once anything changed, else the revision the Txn began at).
+/// Nested Txns report 0, as etcd's do.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct OpResult {
+    pub revision: Revision,
+    pub response: ResponseOp,
 }
 
 /// A mutating request, as proposed to Raft. Each applies atomically at one revision.

@@ -5,8 +5,8 @@ use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
 
 use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
 use super::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, MvccError, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, MvccError, OpResult, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
 };
 use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV};
 
@@ -132,12 +132,14 @@ impl<'a> WriteTxn<'a> {
         let ops = if succeeded { &req.success } else { &req.failure };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
-            responses.push(match op {
+            let response = match op {
                 RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
                 RequestOp::Put(r) => ResponseOp::Put(self.put(r)?),
                 RequestOp::DeleteRange(r) => ResponseOp::DeleteRange(self.delete_range(r)?),
                 RequestOp::Txn(r) => ResponseOp::Txn(self.txn(r)?),
-            });
+            };
+            let revision = if matches!(response, ResponseOp::Txn(_)) { 0 } else { self.read_revision() };
+            responses.push(OpResult { revision, response });
         }
         Ok(TxnResponse { succeeded, responses })
     }

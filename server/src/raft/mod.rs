@@ -54,3 +54,32 @@ pub type LogId = openraft::LogId<NodeId>;
 pub type Entry = openraft::Entry<TypeConfig>;
 pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;
 pub type StorageError = openraft::StorageError<NodeId>;
+
+#[cfg(test)]
+mod conformance {
+    //! openraft's own storage conformance suite, run on Cairn's log store and state
+    //! machine over a real RocksDB in a temporary directory.
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use tempfile::TempDir;
+
+    use super::{LogStore, StateMachine, StorageError, TypeConfig};
+    use crate::mvcc::KvStore;
+    use crate::schema;
+
+    struct RocksBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
+        async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
+            let dir = tempfile::tempdir().expect("temporary directory");
+            let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
+            let sm = StateMachine::new(KvStore::open(db.clone()), dir.path().join("snap")).expect("snapshot dir");
+            Ok((dir, LogStore::open(db), sm))
+        }
+    }
+
+    #[test]
+    fn log_store_and_state_machine_pass_openraft_suite() {
+        Suite::test_all(RocksBuilder).expect("openraft storage suite");
+    }
+}

@@ -36,6 +36,9 @@ pub(crate) enum PeerRpc {
 pub(crate) enum PeerCallError {
     #[error("member {target:x} has no usable peer URL: {reason}")]
     BadAddress { target: NodeId, reason: String },
+    /// The request certainly did not reach the member (no connection).
+    #[error("member {target:x} is unreachable: {reason}")]
+    Unreachable { target: NodeId, reason: String },
     #[error("member {target:x} did not answer within {timeout:?}")]
     Timeout { target: NodeId, timeout: Duration },
     #[error("member {target:x} refused the call: {status}")]
@@ -110,11 +113,29 @@ impl PeerNetwork {
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                 return Err(PeerCallError::Timeout { target, timeout })
             }
+            Ok(Err(status)) if never_sent(&status) => {
+                return Err(PeerCallError::Unreachable { target, reason: status.message().to_string() })
+            }
             Ok(Err(status)) => return Err(PeerCallError::Refused { target, status }),
             Ok(Ok(reply)) => reply.into_inner(),
         };
         bincode::deserialize(&reply.payload).map_err(|e| PeerCallError::Decode { target, reason: e.to_string() })
     }
+}
+
+/// Whether a failed call certainly never reached the peer: the connection itself
+/// was refused. Anything else (reset, timeout) may have delivered the request.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn Error + 'static)> = Some(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -149,7 +170,9 @@ impl PeerConnection {
                 PeerCallError::Refused { ref status, .. } if status.code() == tonic::Code::Unavailable => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
-                PeerCallError::BadAddress { .. } => RPCError::Unreachable(Unreachable::new(&e)),
+                PeerCallError::BadAddress { .. } | PeerCallError::Unreachable { .. } => {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
                 other => RPCError::Network(NetworkError::new(&other)),
             })?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -167,7 +167,9 @@ impl RaftNode {
                 .call::<_, Result<ApplyOutcome, RaftNodeError>>(target, &node, PeerRpc::Forward, &cmd, timeout)
                 .await
             {
-                Ok(Err(RaftNodeError::NotLeader { .. })) | Err(PeerCallError::BadAddress { .. }) => {
+                Ok(Err(RaftNodeError::NotLeader { .. }))
+                | Err(PeerCallError::BadAddress { .. })
+                | Err(PeerCallError::Unreachable { .. }) => {
                     self.wait_for_leader_other_than(Some(target)).await?;
                 }
                 Ok(result) => return result,
