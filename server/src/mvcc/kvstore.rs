@@ -266,3 +266,104 @@ pub fn encode_meta<T: serde::Serialize>(value: &T) -> Vec<u8> {
 pub fn decode_meta<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> T {
     decode(bytes, "state machine metadata")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
+
+    fn store() -> (tempfile::TempDir, Arc<KvStore>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = schema::open_db(dir.path()).unwrap();
+        (dir, KvStore::open(db))
+    }
+
+    fn put(store: &KvStore, key: &str, value: &str) -> Revision {
+        let cmd = Command::Put(PutRequest { key: key.into(), value: value.into(), ..Default::default() });
+        store.apply(&cmd, &[]).unwrap().revision
+    }
+
+    fn get_at(store: &KvStore, key: &str, revision: Revision) -> Result<Option<Vec<u8>>, MvccError> {
+        let req = RangeRequest { key: key.into(), revision, ..Default::default() };
+        Ok(store.read_view().range(&req)?.kvs.pop().map(|kv| kv.value))
+    }
+
+    fn history_len(store: &KvStore) -> usize {
+        let mut it = store.db.raw_iterator_cf(schema::cf(&store.db, schema::CF_HISTORY));
+        it.seek_to_first();
+        let mut n = 0;
+        while it.valid() {
+            n += 1;
+            it.next();
+        }
+        n
+    }
+
+    #[tokio::test]
+    async fn physical_compaction_keeps_what_reads_at_or_above_it_need() {
+        let (_dir, s) = store();
+        let r_a1 = put(&s, "a", "1");
+        put(&s, "a", "2");
+        put(&s, "b", "1");
+        let del = Command::DeleteRange(DeleteRangeRequest { key: "b".into(), ..Default::default() });
+        let r_del = s.apply(&del, &[]).unwrap().revision;
+        let r_a3 = put(&s, "a", "3");
+        assert_eq!(history_len(&s), 5);
+        assert_eq!(get_at(&s, "a", r_a1).unwrap(), Some(b"1".to_vec()));
+
+        let compact = Command::Compact { revision: r_del };
+        assert_eq!(s.apply(&compact, &[]).unwrap().result, Ok(CommandResponse::Compact));
+        s.compactor().wait_finished(r_del).await;
+
+        // a@2 (newest at or below the compaction) and a@3 remain; b's tombstone and
+        // everything older are gone.
+        assert_eq!(history_len(&s), 2);
+        assert_eq!(get_at(&s, "a", r_del).unwrap(), Some(b"2".to_vec()));
+        assert_eq!(get_at(&s, "b", r_del).unwrap(), None);
+        assert_eq!(get_at(&s, "a", r_a3).unwrap(), Some(b"3".to_vec()));
+        assert!(matches!(get_at(&s, "a", r_a1), Err(MvccError::Compacted { .. })));
+        let again = s.apply(&compact, &[]).unwrap();
+        assert!(matches!(again.result, Err(MvccError::Compacted { .. })));
+    }
+
+    #[test]
+    fn failed_txn_changes_nothing_and_consumes_no_revision() {
+        let (_dir, s) = store();
+        let before = put(&s, "a", "1");
+        let txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![
+                RequestOp::Put(PutRequest { key: "b".into(), value: "x".into(), ..Default::default() }),
+                RequestOp::Put(PutRequest { key: "missing".into(), ignore_value: true, ..Default::default() }),
+            ],
+            failure: vec![],
+        });
+        let outcome = s.apply(&txn, &[]).unwrap();
+        assert_eq!(outcome.result, Err(MvccError::KeyNotFound));
+        assert_eq!(outcome.revision, before);
+        assert_eq!(get_at(&s, "b", 0).unwrap(), None);
+        assert_eq!(s.status().revision, before);
+    }
+
+    #[test]
+    fn export_then_import_reproduces_the_store() {
+        let (_dir, s) = store();
+        put(&s, "a", "1");
+        put(&s, "a\0b", "2");
+        let r = put(&s, "c", "3");
+        let mut data = Vec::new();
+        s.export(&mut data, &[]).unwrap();
+
+        let (_dir2, t) = store();
+        put(&t, "stale", "x");
+        t.import(&mut data.as_slice()).unwrap();
+        assert_eq!(t.status().revision, r);
+        assert_eq!(get_at(&t, "stale", 0).unwrap(), None);
+        assert_eq!(get_at(&t, "a\0b", 0).unwrap(), Some(b"2".to_vec()));
+        assert_eq!(get_at(&t, "a", 2).unwrap(), Some(b"1".to_vec()));
+        let mut bad = b"NOTASNAPSHOT".to_vec();
+        bad.push(0xff);
+        assert!(t.import(&mut bad.as_slice()).is_err());
+        assert_eq!(t.status().revision, r, "a rejected snapshot changes nothing");
+    }
+}
