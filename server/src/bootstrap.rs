@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::{ClusterState, Config};
-use crate::raft::{Member, NodeId};
-use crate::schema::{self, identity_keys, CF_IDENTITY};
+use crate::mvcc::decode_meta;
+use crate::raft::{Member, NodeId, StoredMembership};
+use crate::schema::{self, identity_keys, meta_keys, CF_IDENTITY};
 
 /// Who this member is, written once when its data directory is created.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub enum BootstrapError {
     NameMismatch { dir: String, stored: String, configured: String },
     #[error("bootstrap: data directory {dir} belongs to cluster {stored:x} (token {token:?}), but --initial-cluster and --initial-cluster-token describe cluster {configured:x}; refusing to mix clusters")]
     ClusterMismatch { dir: String, stored: u64, token: String, configured: u64 },
+    #[error("bootstrap: the cluster knows member {name} at {stored}, but this member is configured to be reached at {configured}; start it with its known peer URLs (changing them needs the Cluster API's MemberUpdate)")]
+    PeerUrlsMismatch { name: String, stored: String, configured: String },
     #[error("bootstrap: data directory {dir} has no member identity; it was not created by Cairn or its creation was interrupted. Move it away to start a new member")]
     NotCairn { dir: String },
     #[error("bootstrap: --initial-cluster-state existing with an empty data directory {dir}: joining a running cluster needs its member ID from the cluster (the Cluster API's MemberAdd), which this version does not provide yet")]
@@ -102,6 +105,11 @@ pub fn load_or_create(db: &DB, dir: &Path, config: &Config) -> Result<(Identity,
                 configured: config.name.clone(),
             });
         }
+        // Checked before the cluster ID, which derives from the peer URLs, for the
+        // more precise message.
+        if config.peer_urls_explicit {
+            check_peer_urls(db, &stored, config)?;
+        }
         let described = config.initial_cluster_explicit || config.initial_cluster_token_explicit;
         if described && config.initial_cluster_state == ClusterState::New && configured.cluster_id != stored.cluster_id
         {
@@ -130,6 +138,29 @@ pub fn load_or_create(db: &DB, dir: &Path, config: &Config) -> Result<(Identity,
     sync.set_sync(true);
     db.write_opt(batch, &sync)?;
     Ok((configured, true))
+}
+
+/// The peer URLs this member is configured with must be those the cluster's
+/// (applied) membership knows it by, or the others could not reach it.
+fn check_peer_urls(db: &DB, identity: &Identity, config: &Config) -> Result<(), BootstrapError> {
+    let Some(bytes) = db.get_cf(schema::cf(db, schema::CF_META), meta_keys::MEMBERSHIP)? else {
+        return Ok(());
+    };
+    let membership: StoredMembership = decode_meta(&bytes);
+    let Some(known) = membership.membership().get_node(&identity.member_id) else {
+        return Ok(());
+    };
+    let (mut stored, mut configured) = (known.peer_urls.clone(), config.initial_advertise_peer_urls.clone());
+    stored.sort();
+    configured.sort();
+    if stored != configured {
+        return Err(BootstrapError::PeerUrlsMismatch {
+            name: identity.name.clone(),
+            stored: stored.join(","),
+            configured: configured.join(","),
+        });
+    }
+    Ok(())
 }
 
 fn has_raft_state(db: &DB) -> Result<bool, rocksdb::Error> {

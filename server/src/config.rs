@@ -135,6 +135,8 @@ pub struct Config {
     pub initial_cluster_state: ClusterState,
     pub initial_cluster_token: String,
     pub initial_cluster_token_explicit: bool,
+    /// Whether this member's peer URLs were given rather than defaulted.
+    pub peer_urls_explicit: bool,
     pub request_bytes_max: usize,
     pub txn_ops_max: usize,
     pub heartbeat_interval_ms: u64,
@@ -161,6 +163,14 @@ impl Config {
         };
         let explicit_cluster = flags.initial_cluster.is_some() || file.initial_cluster.is_some();
         let explicit_token = flags.initial_cluster_token.is_some() || file.initial_cluster_token.is_some();
+        let explicit_peer_urls = [
+            &flags.listen_peer_urls,
+            &flags.initial_advertise_peer_urls,
+            &file.listen_peer_urls,
+            &file.initial_advertise_peer_urls,
+        ]
+        .iter()
+        .any(|s| s.is_some());
         let m = merge(flags, file);
         let name = m.name.expect("defaulted");
         if name.is_empty() || name.contains(['=', ',']) {
@@ -237,6 +247,7 @@ impl Config {
             initial_cluster_state,
             initial_cluster_token,
             initial_cluster_token_explicit: explicit_token,
+            peer_urls_explicit: explicit_peer_urls,
             request_bytes_max,
             txn_ops_max,
             heartbeat_interval_ms,

@@ -99,6 +99,12 @@ async fn data_dir_of_another_cluster_or_member_is_refused() {
     assert!(!out.status.success());
     assert!(stderr.contains("belongs to member \"m1\""), "unexpected error: {stderr}");
 
+    let moved = Ports { client: ports.client, peer: free_port() };
+    let out = run_expecting_exit(&args(&data, "m1", "cluster-a", &moved));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("the cluster knows member m1 at"), "unexpected error: {stderr}");
+
     // The right flags still open it, with the data intact.
     let _member = start(&args(&data, "m1", "cluster-a", &ports));
     let endpoint = format!("http://127.0.0.1:{}", ports.client);

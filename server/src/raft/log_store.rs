@@ -5,6 +5,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -18,22 +19,33 @@ use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::limits::LOG_FLUSH_BATCH_MAX;
 use crate::schema::{self, raft_state_keys, CF_RAFT_LOG, CF_RAFT_STATE};
 
+/// Called once the appended entries are durable (or the sync failed).
+type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 /// The log store; cheap to clone (a clone is also its log reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flushes: mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    flushes: mpsc::SyncSender<FlushDone>,
+    syncs: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub fn open(db: Arc<DB>) -> Self {
-        let (flushes, rx) = mpsc::sync_channel::<LogFlushed<TypeConfig>>(LOG_FLUSH_BATCH_MAX);
+        let (flushes, rx) = mpsc::sync_channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+        let syncs = Arc::new(AtomicU64::new(0));
         let syncer_db = db.clone();
+        let counter = syncs.clone();
         thread::Builder::new()
             .name("cairn-log-sync".into())
-            .spawn(move || group_commit(&syncer_db, &rx))
+            .spawn(move || group_commit(&rx, || sync_wal(&syncer_db, &counter)))
             .expect("spawning the log sync thread");
-        LogStore { db, flushes }
+        LogStore { db, flushes, syncs }
+    }
+
+    /// How many fsyncs the group committer has done.
+    pub fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, rocksdb::Error> {
@@ -64,8 +76,14 @@ impl LogStore {
     }
 }
 
-/// Syncs the WAL for every queued append, then acknowledges them all.
-fn group_commit(db: &DB, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn sync_wal(db: &DB, syncs: &AtomicU64) -> Result<(), rocksdb::Error> {
+    syncs.fetch_add(1, Ordering::Relaxed);
+    db.flush_wal(true)
+}
+
+/// Takes every append queued so far, syncs once for all of them, and acknowledges
+/// them; repeats until the store is dropped.
+fn group_commit<E: std::fmt::Display>(rx: &mpsc::Receiver<FlushDone>, mut sync: impl FnMut() -> Result<(), E>) {
     let mut pending = Vec::new();
     while let Ok(first) = rx.recv() {
         pending.push(first);
@@ -75,12 +93,12 @@ fn group_commit(db: &DB, rx: &mpsc::Receiver<LogFlushed<TypeConfig>>) {
                 Err(_) => break,
             }
         }
-        let result = db.flush_wal(true);
+        let result = sync();
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync of the raft log failed");
         }
-        for flushed in pending.drain(..) {
-            flushed.log_io_completed(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
+        for done in pending.drain(..) {
+            done(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
         }
     }
 }
@@ -172,7 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // committer has synced the WAL, which is when openraft hears of it.
         self.write(batch, false).map_err(write_err)?;
         self.flushes
-            .send(callback)
+            .send(Box::new(move |result| callback.log_io_completed(result)))
             .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
     }
 
@@ -194,5 +212,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // A synced write also syncs every state machine write before it in the shared
         // WAL, so the applied state that replaces these entries is durable first.
         self.write(batch, true).map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn queued_appends_share_one_fsync() {
+        let (tx, rx) = mpsc::sync_channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        for i in 0..100 {
+            let acked = acked.clone();
+            tx.send(Box::new(move |r| acked.lock().unwrap().push((i, r.is_ok())))).unwrap();
+        }
+        drop(tx);
+        let mut syncs = 0;
+        group_commit(&rx, || {
+            syncs += 1;
+            Ok::<(), String>(())
+        });
+        assert_eq!(syncs, 1, "100 queued appends need one fsync");
+        let acked = acked.lock().unwrap();
+        assert_eq!(acked.len(), 100);
+        assert!(acked.iter().enumerate().all(|(i, &(j, ok))| i == j && ok), "acknowledged in order, all ok");
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_append_it_covered() {
+        let (tx, rx) = mpsc::sync_channel::<FlushDone>(8);
+        let failures = Arc::new(AtomicU64::new(0));
+        for _ in 0..3 {
+            let failures = failures.clone();
+            tx.send(Box::new(move |r| {
+                if r.is_err() {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }))
+            .unwrap();
+        }
+        drop(tx);
+        group_commit(&rx, || Err("disk gone"));
+        assert_eq!(failures.load(Ordering::Relaxed), 3);
     }
 }
