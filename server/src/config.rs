@@ -230,6 +230,10 @@ impl Config {
                 format!("{election_timeout_ms} ms must be at least 5 times --heartbeat-interval ({heartbeat_interval_ms} ms)"),
             ));
         }
+        let log_level = m.log_level.expect("defaulted");
+        if !["error", "warn", "info", "debug", "trace"].contains(&log_level.as_str()) {
+            return Err(invalid("log-level", format!("{log_level:?} is not one of error, warn, info, debug, trace")));
+        }
         let log_format = match m.log_format.as_deref().expect("defaulted") {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -256,7 +260,7 @@ impl Config {
             snapshot_catchup_entries: m.snapshot_catchup_entries.expect("defaulted"),
             request_timeout: Duration::from_millis(positive("request-timeout", m.request_timeout.expect("defaulted"))?),
             lease_reads: m.lease_reads.expect("defaulted"),
-            log_level: m.log_level.expect("defaulted"),
+            log_level,
             log_format,
         })
     }
@@ -385,6 +389,7 @@ mod tests {
             (vec!["--listen-client-urls", "localhost:2379"], "listen-client-urls"),
             (vec!["--max-request-bytes", "0"], "max-request-bytes"),
             (vec!["--election-timeout", "200"], "election-timeout"),
+            (vec!["--log-level", "loud"], "log-level"),
         ] {
             let err = Config::from_flags(flags(&args)).unwrap_err();
             assert!(err.to_string().contains(setting), "{args:?}: {err}");
