@@ -346,6 +346,39 @@ mod tests {
     }
 
     #[test]
+    fn nested_compares_are_decided_before_the_txn_runs() {
+        use crate::mvcc::{Compare, CompareResult, CompareTarget, ResponseOp};
+        let (_dir, s) = store();
+        let absent = |k: &str| Compare {
+            key: k.into(),
+            range_end: vec![],
+            target: CompareTarget::Version(0),
+            result: CompareResult::Equal,
+        };
+        // The outer txn creates "k"; the nested compare "k is absent" still holds,
+        // because etcd decides every compare against the state before the txn.
+        let nested = TxnRequest {
+            compare: vec![absent("k")],
+            success: vec![RequestOp::Put(PutRequest { key: "then".into(), ..Default::default() })],
+            failure: vec![RequestOp::Put(PutRequest { key: "else".into(), ..Default::default() })],
+        };
+        let txn = Command::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![
+                RequestOp::Put(PutRequest { key: "k".into(), value: "v".into(), ..Default::default() }),
+                RequestOp::Txn(nested),
+            ],
+            failure: vec![],
+        });
+        let outcome = s.apply(&txn, &[]).unwrap();
+        let Ok(CommandResponse::Txn(resp)) = outcome.result else { panic!("{outcome:?}") };
+        let ResponseOp::Txn(inner) = &resp.responses[1].response else { panic!("{resp:?}") };
+        assert!(inner.succeeded);
+        assert!(get_at(&s, "then", 0).unwrap().is_some());
+        assert!(get_at(&s, "else", 0).unwrap().is_none());
+    }
+
+    #[test]
     fn export_then_import_reproduces_the_store() {
         let (_dir, s) = store();
         put(&s, "a", "1");

@@ -127,16 +127,75 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
+    /// Executes a Txn as etcd does: every compare, nested ones included, is decided
+    /// against the state before the transaction; then the chosen puts are checked
+    /// (in a transaction that writes at all), then the chosen ranges' revisions;
+    /// only then do the operations run, each seeing the ones before it.
     pub fn txn(&mut self, req: &TxnRequest) -> Result<TxnResponse, MvccError> {
+        let mut path = Vec::new();
+        self.choose_branches(req, &mut path);
+        if writes(req) {
+            self.check_puts(req, &mut path.iter())?;
+        }
+        self.check_ranges(req, &mut path.iter())?;
+        self.execute(req, &mut path.iter())
+    }
+
+    /// Decides each Txn's compares, depth first along the branches taken.
+    fn choose_branches(&self, req: &TxnRequest, path: &mut Vec<bool>) {
         let succeeded = req.compare.iter().all(|c| self.compare(c));
-        let ops = if succeeded { &req.success } else { &req.failure };
+        path.push(succeeded);
+        for op in branch(req, succeeded) {
+            if let RequestOp::Txn(t) = op {
+                self.choose_branches(t, path);
+            }
+        }
+    }
+
+    fn check_puts(&self, req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>) -> Result<(), MvccError> {
+        let succeeded = *path.next().expect("a decision for every txn taken");
+        for op in branch(req, succeeded) {
+            match op {
+                RequestOp::Put(p) if p.lease != 0 => return Err(MvccError::LeaseNotFound { lease: p.lease }),
+                RequestOp::Put(p)
+                    if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() =>
+                {
+                    return Err(MvccError::KeyNotFound)
+                }
+                RequestOp::Txn(t) => self.check_puts(t, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn check_ranges(&self, req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>) -> Result<(), MvccError> {
+        let succeeded = *path.next().expect("a decision for every txn taken");
+        for op in branch(req, succeeded) {
+            match op {
+                RequestOp::Range(r) if r.revision > self.begin => {
+                    return Err(MvccError::FutureRevision { current_revision: self.begin })
+                }
+                RequestOp::Range(r) if r.revision > 0 && r.revision < self.compact_revision => {
+                    return Err(MvccError::Compacted { compact_revision: self.compact_revision })
+                }
+                RequestOp::Txn(t) => self.check_ranges(t, path)?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, req: &TxnRequest, path: &mut std::slice::Iter<'_, bool>) -> Result<TxnResponse, MvccError> {
+        let succeeded = *path.next().expect("a decision for every txn taken");
+        let ops = branch(req, succeeded);
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match op {
                 RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
                 RequestOp::Put(r) => ResponseOp::Put(self.put(r)?),
                 RequestOp::DeleteRange(r) => ResponseOp::DeleteRange(self.delete_range(r)?),
-                RequestOp::Txn(r) => ResponseOp::Txn(self.txn(r)?),
+                RequestOp::Txn(r) => ResponseOp::Txn(self.execute(r, path)?),
             };
             let revision = if matches!(response, ResponseOp::Txn(_)) { 0 } else { self.read_revision() };
             responses.push(OpResult { revision, response });
@@ -163,6 +222,23 @@ impl<'a> WriteTxn<'a> {
         }
         records.iter().all(|r| compare_one(c, r))
     }
+}
+
+fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
+    if succeeded {
+        &req.success
+    } else {
+        &req.failure
+    }
+}
+
+/// Whether any branch, at any depth, writes (etcd's `!isTxnReadonly`).
+fn writes(req: &TxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).any(|op| match op {
+        RequestOp::Put(_) | RequestOp::DeleteRange(_) => true,
+        RequestOp::Txn(t) => writes(t),
+        RequestOp::Range(_) => false,
+    })
 }
 
 fn compare_one(c: &Compare, r: &KvRecord) -> bool {
