@@ -180,7 +180,7 @@ impl Node {
         self.dir.path().join("stderr.log")
     }
 
-    fn spawn(&mut self, initial_cluster: &str, token: &str) {
+    fn spawn(&mut self, initial_cluster: &str, token: &str, extra: &[String]) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.spawns += 1;
         let open = |p: PathBuf| -> File {
@@ -216,6 +216,7 @@ impl Node {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg(token)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
@@ -313,16 +314,23 @@ pub struct Cluster {
     nodes: Vec<Node>,
     token: String,
     initial_cluster: String,
+    /// Flags given to every member on top of the harness's own.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts an `n`-member cluster and waits until every member answers a
     /// linearizable read and all members agree on a leader.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `extra` flags for every member.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
         assert!(n >= 1);
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn_new(n);
+            let mut cluster = Cluster::spawn_new(n, extra);
             match cluster.wait_ready_inner(false).await {
                 Ok(()) => return cluster,
                 Err(StartError::AddrInUse(msg)) => {
@@ -338,7 +346,7 @@ impl Cluster {
         panic!("starting a {n}-member cluster failed {START_ATTEMPTS} times on busy ports: {last}");
     }
 
-    fn spawn_new(n: usize) -> Cluster {
+    fn spawn_new(n: usize, extra: &[&str]) -> Cluster {
         let ports = free_ports(2 * n);
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst);
         let token = format!("cairn-test-{}-{seq}", std::process::id());
@@ -358,9 +366,10 @@ impl Cluster {
         }
         let initial_cluster =
             nodes.iter().map(|n| format!("{}={}", n.name, n.peer_url())).collect::<Vec<_>>().join(",");
-        let mut cluster = Cluster { nodes, token, initial_cluster };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut cluster = Cluster { nodes, token, initial_cluster, extra };
         for node in &mut cluster.nodes {
-            node.spawn(&cluster.initial_cluster, &cluster.token);
+            node.spawn(&cluster.initial_cluster, &cluster.token, &cluster.extra);
         }
         cluster
     }
@@ -391,6 +400,11 @@ impl Cluster {
         connect(&self.endpoint(i)).await
     }
 
+    /// What member `i` has logged so far (stderr, every incarnation).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.nodes[i].stderr_path()).unwrap_or_default()
+    }
+
     /// SIGKILL member `i` (no chance to flush or clean up).
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].kill();
@@ -402,7 +416,7 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
         let (ic, token) = (self.initial_cluster.clone(), self.token.clone());
-        self.nodes[i].spawn(&ic, &token);
+        self.nodes[i].spawn(&ic, &token, &self.extra);
     }
 
     /// Waits (bounded by [`READY_TIMEOUT`]) until every running member answers
@@ -427,7 +441,7 @@ impl Cluster {
                             respawns += 1;
                             tokio::time::sleep(Duration::from_millis(500)).await;
                             let (ic, token) = (self.initial_cluster.clone(), self.token.clone());
-                            self.nodes[i].spawn(&ic, &token);
+                            self.nodes[i].spawn(&ic, &token, &self.extra);
                             continue;
                         }
                         return Err(StartError::AddrInUse(why));
