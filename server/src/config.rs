@@ -13,6 +13,7 @@ use crate::limits::{
     ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT,
     SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
 };
+use crate::raft::RaftSettings;
 
 /// Errors in the settings. Each says which setting and why.
 #[derive(thiserror::Error, Debug)]
@@ -139,12 +140,7 @@ pub struct Config {
     pub peer_urls_explicit: bool,
     pub request_bytes_max: usize,
     pub txn_ops_max: usize,
-    pub heartbeat_interval_ms: u64,
-    pub election_timeout_ms: u64,
-    pub snapshot_entries: u64,
-    pub snapshot_catchup_entries: u64,
-    pub request_timeout: Duration,
-    pub lease_reads: bool,
+    pub raft: RaftSettings,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -254,12 +250,17 @@ impl Config {
             peer_urls_explicit: explicit_peer_urls,
             request_bytes_max,
             txn_ops_max,
-            heartbeat_interval_ms,
-            election_timeout_ms,
-            snapshot_entries: positive("snapshot-count", m.snapshot_count.expect("defaulted"))?,
-            snapshot_catchup_entries: m.snapshot_catchup_entries.expect("defaulted"),
-            request_timeout: Duration::from_millis(positive("request-timeout", m.request_timeout.expect("defaulted"))?),
-            lease_reads: m.lease_reads.expect("defaulted"),
+            raft: RaftSettings {
+                heartbeat_interval_ms,
+                election_timeout_ms,
+                snapshot_entries: positive("snapshot-count", m.snapshot_count.expect("defaulted"))?,
+                snapshot_catchup_entries: m.snapshot_catchup_entries.expect("defaulted"),
+                request_timeout: Duration::from_millis(positive(
+                    "request-timeout",
+                    m.request_timeout.expect("defaulted"),
+                )?),
+                lease_reads: m.lease_reads.expect("defaulted"),
+            },
             log_level,
             log_format,
         })

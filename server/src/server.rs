@@ -19,7 +19,7 @@ use crate::bootstrap;
 use crate::config::{url_authority, Config};
 use crate::limits::{GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
-use crate::raft::{PeerService, RaftNode, RaftSettings};
+use crate::raft::{PeerService, RaftNode};
 use crate::schema;
 
 const DB_DIR: &str = "db";
@@ -33,14 +33,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         schema::open_db(&dir.join(DB_DIR)).with_context(|| format!("opening the database in {}", dir.display()))?;
     let (identity, fresh) = bootstrap::load_or_create(&db, dir, &config)?;
     let store = KvStore::open(db.clone());
-    let settings = RaftSettings {
-        heartbeat_interval_ms: config.heartbeat_interval_ms,
-        election_timeout_ms: config.election_timeout_ms,
-        snapshot_entries: config.snapshot_entries,
-        snapshot_catchup_entries: config.snapshot_catchup_entries,
-        request_timeout: config.request_timeout,
-        lease_reads: config.lease_reads,
-    };
+    let settings = config.raft.clone();
     let node =
         RaftNode::start(identity.member_id, identity.cluster_id, db, store.clone(), dir.join(SNAPSHOT_DIR), settings)
             .await
@@ -63,7 +56,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let limits = ApiLimits {
         request_bytes_max: config.request_bytes_max,
         txn_ops_max: config.txn_ops_max,
-        request_timeout: config.request_timeout,
+        request_timeout: config.raft.request_timeout,
     };
     let api = Api::new(node.clone(), store, limits);
     for listener in client_listeners {

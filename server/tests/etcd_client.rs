@@ -121,18 +121,7 @@ async fn get_with_every_option() {
     // create: c a d b; mod: a d b c; version: a(1) d(2) b(3) c(4);
     // value: d("b") b("k") c("p") a("z").
     let mut revs = Vec::new();
-    for (k, v) in [
-        ("s/c", "m"),
-        ("s/a", "z"),
-        ("s/d", "a"),
-        ("s/b", "q"),
-        ("s/c", "n"),
-        ("s/d", "b"),
-        ("s/b", "r"),
-        ("s/c", "o"),
-        ("s/b", "k"),
-        ("s/c", "p"),
-    ] {
+    for (k, v) in common::SORT_FIXTURE {
         revs.push(put(&mut leader, k, v).await);
     }
     put(&mut leader, "s0", "after prefix").await;

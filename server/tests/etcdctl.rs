@@ -256,18 +256,7 @@ async fn get_sorted_by_every_target() {
     // Chosen so that every sort target gives a different, tie-free order:
     // create: c a d b; mod: a d b c; version: a(1) d(2) b(3) c(4);
     // value: d("b") b("k") c("p") a("z"); key: a b c d.
-    for (k, v) in [
-        ("s/c", "m"),
-        ("s/a", "z"),
-        ("s/d", "a"),
-        ("s/b", "q"),
-        ("s/c", "n"),
-        ("s/d", "b"),
-        ("s/b", "r"),
-        ("s/c", "o"),
-        ("s/b", "k"),
-        ("s/c", "p"),
-    ] {
+    for (k, v) in common::SORT_FIXTURE {
         run(&follower, &["put", k, v]).await;
     }
     let cases: [(&str, [&str; 4]); 5] = [

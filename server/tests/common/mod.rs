@@ -29,6 +29,22 @@ use etcd_client::{Client, ConnectOptions, GetOptions};
 use tempfile::TempDir;
 
 /// Overall bound for a cluster (or a restarted member) to become ready.
+/// Puts, in this order, chosen so that every sort target gives a different,
+/// tie-free order of the keys `s/a`..`s/d`: create c a d b; mod a d b c;
+/// version a(1) d(2) b(3) c(4); value d("b") b("k") c("p") a("z"); key a b c d.
+pub const SORT_FIXTURE: [(&str, &str); 10] = [
+    ("s/c", "m"),
+    ("s/a", "z"),
+    ("s/d", "a"),
+    ("s/b", "q"),
+    ("s/c", "n"),
+    ("s/d", "b"),
+    ("s/b", "r"),
+    ("s/c", "o"),
+    ("s/b", "k"),
+    ("s/c", "p"),
+];
+
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for one client call made through [`within`].
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(20);
