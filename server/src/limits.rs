@@ -42,6 +42,11 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 /// Most log entries sent in one AppendEntries RPC.
 pub const APPEND_ENTRIES_MAX: u64 = 1_024;
 
+/// Most bytes of log entries sent in one AppendEntries RPC (a single larger entry is
+/// still sent alone). openraft gives each AppendEntries one heartbeat interval, so a
+/// batch must encode, travel and be appended well within it.
+pub const APPEND_ENTRIES_BYTES_MAX: u64 = 2 * 1024 * 1024;
+
 /// Bytes of snapshot sent in one InstallSnapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 

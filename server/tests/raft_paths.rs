@@ -1,6 +1,6 @@
 //! Raft paths the other suites do not reach: a member that fell behind the
-//! purged log catches up from a snapshot, and opt-in lease reads stay
-//! linearizable. Cairn-only (the flags are Cairn's); skipped against etcd.
+//! purged log catches up from a snapshot, opt-in lease reads stay linearizable
+//! (both Cairn-only: skipped against etcd), and large values replicate.
 
 mod common;
 
@@ -62,6 +62,34 @@ async fn lease_reads_see_every_acknowledged_write_on_every_member() {
             let got = ok("get", c.get("lease-read/k", None)).await;
             assert_eq!(got.kvs()[0].value(), value.as_bytes(), "a linearizable read missed an acknowledged write");
             assert!(got.header().unwrap().revision() >= rev);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_large_values_replicate_to_every_member() {
+    // Values near the 1.5 MiB request limit, eight at once through a follower: each
+    // AppendEntries must still fit in openraft's per-RPC time budget.
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let value = vec![b'v'; 1400 * 1024];
+    let mut writers = Vec::new();
+    for i in 0..8 {
+        let mut c = cluster.client(follower).await;
+        let value = value.clone();
+        writers.push(tokio::spawn(async move { ok("put", c.put(format!("large/{i}"), value, None)).await }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    for i in 0..3 {
+        let mut c = cluster.client(i).await;
+        // One key per request: eight values exceed the client's 4 MiB receive limit.
+        for k in 0..8 {
+            let got = ok("get", c.get(format!("large/{k}"), None)).await;
+            assert_eq!(got.kvs().len(), 1, "member {i} lacks large/{k}");
+            assert!(got.kvs()[0].value() == value.as_slice(), "member {i} holds a damaged large/{k}");
         }
     }
 }

@@ -17,6 +17,7 @@ pub(crate) struct KvRecord {
     pub mod_revision: Revision,
     pub version: i64,
     pub lease: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
 }
 

@@ -1,4 +1,7 @@
 //! Requests and responses of the key space, as stored in the Raft log (serde + bincode).
+//!
+//! Byte strings are marked `serde_bytes` so that bincode copies them whole rather
+//! than element by element: a 1.5 MiB value must encode in well under a heartbeat.
 
 use serde::{Deserialize, Serialize};
 
@@ -7,10 +10,12 @@ use super::{MvccError, Revision};
 /// A key with its MVCC metadata, as etcd's `mvccpb.KeyValue`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyValue {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub create_revision: Revision,
     pub mod_revision: Revision,
     pub version: i64,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
 }
@@ -37,7 +42,9 @@ pub enum SortTarget {
 /// every key from `key` on, as in etcd.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct RangeRequest {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub limit: i64,
     pub revision: Revision,
@@ -61,7 +68,9 @@ pub struct RangeResponse {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutRequest {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub lease: i64,
     pub prev_kv: bool,
@@ -76,7 +85,9 @@ pub struct PutResponse {
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeleteRangeRequest {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub prev_kv: bool,
 }
@@ -101,13 +112,15 @@ pub enum CompareTarget {
     Version(i64),
     Create(Revision),
     Mod(Revision),
-    Value(Vec<u8>),
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
     Lease(i64),
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Compare {
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub range_end: Vec<u8>,
     pub target: CompareTarget,
     pub result: CompareResult,

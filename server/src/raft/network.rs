@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use cairn_proto::peer::peer_client::PeerClient;
 use cairn_proto::peer::PeerMessage;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -19,7 +21,7 @@ use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Member, NodeId, TypeConfig};
-use crate::limits::RESPONSE_BYTES_MAX;
+use crate::limits::{APPEND_ENTRIES_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Which peer RPC to call.
 #[derive(Clone, Copy, Debug)]
@@ -123,6 +125,19 @@ impl PeerNetwork {
     }
 }
 
+/// When the entries of `rpc` exceed `bytes_max` encoded, how many of them fit
+/// (at least one, so that any single entry can be sent).
+fn entries_within(rpc: &AppendEntriesRequest<TypeConfig>, bytes_max: u64) -> Option<u64> {
+    let mut total = 0u64;
+    for (i, entry) in rpc.entries.iter().enumerate() {
+        total += bincode::serialized_size(entry).expect("bincode sizing of an in-memory value cannot fail");
+        if total > bytes_max && i > 0 {
+            return Some(i as u64);
+        }
+    }
+    None
+}
+
 /// Whether a failed call certainly never reached the peer: the connection itself
 /// was refused. Anything else (reset, timeout) may have delivered the request.
 fn never_sent(status: &tonic::Status) -> bool {
@@ -185,6 +200,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        if let Some(fits) = entries_within(&rpc, APPEND_ENTRIES_BYTES_MAX) {
+            // openraft retries at once with at most this many entries.
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fits)));
+        }
         self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
     }
 
