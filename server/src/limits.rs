@@ -22,6 +22,9 @@ pub const TXN_DEPTH_MAX: usize = 16;
 /// ours is bounded).
 pub const RESPONSE_BYTES_MAX: usize = 512 * 1024 * 1024;
 
+/// Most concurrent gRPC streams (requests in flight) on one client connection.
+pub const CLIENT_STREAMS_PER_CONNECTION_MAX: u32 = 1_024;
+
 /// How long a client request may wait for Raft (commit, forward, read index).
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 7_000;
 

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::{Api, ApiLimits, KvService, MaintenanceService, UnimplementedLayer};
 use crate::bootstrap;
 use crate::config::{url_authority, Config};
-use crate::limits::{GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
+use crate::limits::{CLIENT_STREAMS_PER_CONNECTION_MAX, GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
 use crate::raft::{PeerService, RaftNode};
 use crate::schema;
@@ -64,8 +64,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
-        let router =
-            tonic::transport::Server::builder().layer(UnimplementedLayer).add_service(kv).add_service(maintenance);
+        let router = tonic::transport::Server::builder()
+            .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
+            .layer(UnimplementedLayer)
+            .add_service(kv)
+            .add_service(maintenance);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }
     tracing::info!(

@@ -6,6 +6,7 @@
 //! from the last revision it finished.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -20,23 +21,26 @@ use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_META};
 
 /// Handle to the background compaction thread.
 pub struct Compactor {
-    requests: mpsc::Sender<Revision>,
+    /// The highest revision asked for; only the newest request matters, so one
+    /// number replaces a queue.
+    wanted: Arc<AtomicI64>,
+    /// Wakes the thread; one slot is enough, since it reads `wanted` when it wakes.
+    wake: mpsc::SyncSender<()>,
     finished: watch::Sender<Revision>,
 }
 
 impl Compactor {
     pub(crate) fn start(db: Arc<DB>) -> Self {
-        let (requests, rx) = mpsc::channel::<Revision>();
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let wanted = Arc::new(AtomicI64::new(0));
         let (finished, _) = watch::channel(0);
         let done = finished.clone();
+        let target_of = wanted.clone();
         thread::Builder::new()
             .name("cairn-compactor".into())
             .spawn(move || {
-                while let Ok(mut target) = rx.recv() {
-                    // Coalesce: only the newest requested revision matters.
-                    while let Ok(newer) = rx.try_recv() {
-                        target = target.max(newer);
-                    }
+                while woken.recv().is_ok() {
+                    let target = target_of.load(Ordering::Acquire);
                     let from = *done.borrow();
                     if target <= from {
                         continue;
@@ -51,7 +55,7 @@ impl Compactor {
                 }
             })
             .expect("spawning the compactor thread");
-        Compactor { requests, finished }
+        Compactor { wanted, wake, finished }
     }
 
     /// Sets the revision up to which history is known to be removed.
@@ -61,8 +65,9 @@ impl Compactor {
 
     /// Asks for history below `revision` to be removed.
     pub(crate) fn schedule(&self, revision: Revision) {
-        // The thread only stops with the process.
-        let _ = self.requests.send(revision);
+        self.wanted.fetch_max(revision, Ordering::AcqRel);
+        // Full means a wake-up is already pending, which will see `wanted`.
+        let _ = self.wake.try_send(());
     }
 
     /// Waits until history below `revision` has been physically removed.
