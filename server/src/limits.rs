@@ -73,3 +73,7 @@ pub const FORWARD_ATTEMPTS_MAX: usize = 5;
 /// this fraction (in percent) of the minimum election timeout, to leave room for
 /// clock-rate drift between members.
 pub const LEASE_READ_ELECTION_FRACTION_PERCENT: u64 = 70;
+
+/// Revisions the store's change feed holds for a subscriber that has not read them
+/// yet; one that falls further behind catches up from stored history instead.
+pub const CHANGE_FEED_REVISIONS_MAX: usize = 4_096;

@@ -111,13 +111,16 @@ fn compact_keys(db: &DB, keys: &BTreeSet<Vec<u8>>, to: Revision) -> Result<(), r
         it.seek(schema::history_key(key, to));
         let mut newest = true;
         while let Some(raw) = it.key() {
-            if schema::decode_history_key(raw).0 != *key {
+            let (at, rev) = schema::decode_history_key(raw);
+            if at != *key {
                 break;
             }
             let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
-            // Keep the newest live version at or below `to`; drop everything older,
-            // and a tombstone too, since nothing below it remains to hide.
-            if !(newest && record.is_some()) {
+            // Keep what reads and watches at or above `to` need: the version at
+            // `to` itself (a watch may start there), or else the newest live version
+            // below it. A tombstone below `to` hides nothing that remains.
+            let keep = newest && (rev == to || record.is_some());
+            if !keep {
                 batch.delete_cf(history, raw);
             }
             newest = false;

@@ -5,11 +5,16 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
+use tokio::sync::broadcast;
 
 use super::range::{decode, encode, execute_range, Source};
 use super::txn_check::validate_command;
 use super::write_txn::WriteTxn;
-use super::{ApplyOutcome, Command, CommandResponse, Compactor, MvccError, RangeRequest, RangeResponse, Revision};
+use super::{
+    ApplyOutcome, Change, Command, CommandResponse, Compactor, MvccError, RangeRequest, RangeResponse, Revision,
+    RevisionEvents,
+};
+use crate::limits::CHANGE_FEED_REVISIONS_MAX;
 use crate::schema::{self, meta_keys, CF_META, STATE_MACHINE_CFS};
 
 /// Revision of an empty store, as in etcd.
@@ -32,12 +37,15 @@ pub struct KvStore {
     db: Arc<DB>,
     applied: Mutex<Applied>,
     compactor: Compactor,
+    /// The change feed: every committed revision, in order. Bounded: a subscriber
+    /// that falls behind learns it lagged and must catch up from stored history.
+    changes: broadcast::Sender<Change>,
 }
 
 /// A consistent, read-only view of the store at one revision.
 pub struct ReadView<'a> {
-    db: &'a DB,
-    snap: SnapshotWithThreadMode<'a, DB>,
+    pub(super) db: &'a DB,
+    pub(super) snap: SnapshotWithThreadMode<'a, DB>,
     pub revision: Revision,
     pub compact_revision: Revision,
 }
@@ -67,8 +75,13 @@ impl KvStore {
     /// Opens the store on a database created by [`schema::open_db`].
     pub fn open(db: Arc<DB>) -> Arc<Self> {
         let compactor = Compactor::start(db.clone());
-        let store =
-            Arc::new(KvStore { db, applied: Mutex::new(Applied { revision: 0, compact_revision: 0 }), compactor });
+        let (changes, _) = broadcast::channel(CHANGE_FEED_REVISIONS_MAX);
+        let store = Arc::new(KvStore {
+            db,
+            applied: Mutex::new(Applied { revision: 0, compact_revision: 0 }),
+            compactor,
+            changes,
+        });
         store.reload();
         store
     }
@@ -87,6 +100,12 @@ impl KvStore {
         if view.compact_revision > finished {
             self.compactor.schedule(view.compact_revision);
         }
+    }
+
+    /// Subscribes to the change feed. Everything committed after this call is
+    /// announced, in order, unless the subscriber lags (then it must read history).
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
     }
 
     /// A consistent view of the latest applied state.
@@ -142,7 +161,7 @@ impl KvStore {
             Command::Compact { revision } => check_compact(*revision, &applied).map(|()| CommandResponse::Compact),
         });
         let changed = result.is_ok() && txn.changed();
-        let mut batch = if result.is_ok() { txn.into_batch() } else { WriteBatch::default() };
+        let (mut batch, events) = if result.is_ok() { txn.into_parts() } else { (WriteBatch::default(), Vec::new()) };
         let revision = if changed { applied.revision + 1 } else { applied.revision };
         assert!(revision >= applied.revision, "revision went backwards");
         if changed {
@@ -157,6 +176,11 @@ impl KvStore {
         drop(snap);
         self.db.write_opt(batch, &unsynced())?;
         applied.revision = revision;
+        if changed {
+            // Announced under the applier lock, so the feed is in revision order. No
+            // subscriber is fine.
+            let _ = self.changes.send(Change::Committed(Arc::new(RevisionEvents { revision, events })));
+        }
         if let Some(r) = compacted {
             applied.compact_revision = r;
             self.compactor.schedule(r);
@@ -221,6 +245,7 @@ impl KvStore {
         self.db.write_opt(batch, &sync).map_err(io::Error::other)?;
         drop(applied);
         self.reload();
+        let _ = self.changes.send(Change::Jumped { revision: self.status().revision });
         Ok(())
     }
 }
@@ -315,9 +340,10 @@ mod tests {
         assert_eq!(s.apply(&compact, &[]).unwrap().result, Ok(CommandResponse::Compact));
         s.compactor().wait_finished(r_del).await;
 
-        // a@2 (newest at or below the compaction) and a@3 remain; b's tombstone and
-        // everything older are gone.
-        assert_eq!(history_len(&s), 2);
+        // a@2 (newest live version below the compaction), a@3, and b's tombstone at
+        // the compaction revision itself (a watch may start there) remain; b@1 and
+        // a@1 are gone.
+        assert_eq!(history_len(&s), 3);
         assert_eq!(get_at(&s, "a", r_del).unwrap(), Some(b"2".to_vec()));
         assert_eq!(get_at(&s, "b", r_del).unwrap(), None);
         assert_eq!(get_at(&s, "a", r_a3).unwrap(), Some(b"3".to_vec()));
@@ -376,6 +402,40 @@ mod tests {
         assert!(inner.succeeded);
         assert!(get_at(&s, "then", 0).unwrap().is_some());
         assert!(get_at(&s, "else", 0).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn history_replays_every_change_with_prev_kv_even_after_compaction() {
+        use crate::mvcc::{Change, EventKind};
+        let (_dir, s) = store();
+        let mut feed = s.subscribe();
+        let r1 = put(&s, "a", "1");
+        let r2 = put(&s, "a", "2");
+        let del = Command::DeleteRange(DeleteRangeRequest { key: "a".into(), ..Default::default() });
+        let r3 = s.apply(&del, &[]).unwrap().revision;
+        put(&s, "b", "1");
+        for expected in [r1, r2, r3] {
+            let Ok(Change::Committed(rev)) = feed.recv().await else { panic!("feed closed") };
+            assert_eq!(rev.revision, expected);
+        }
+
+        let all = s.read_view().history(r1, usize::MAX).unwrap();
+        assert_eq!(all.iter().map(|r| r.revision).collect::<Vec<_>>(), vec![r1, r2, r3, r3 + 1]);
+        let second = &all[1].events[0];
+        assert_eq!((second.kind, second.prev_kv.as_ref().unwrap().value.as_slice()), (EventKind::Put, &b"1"[..]));
+        let deleted = &all[2].events[0];
+        assert_eq!(deleted.kind, EventKind::Delete);
+        assert_eq!((deleted.kv.mod_revision, deleted.kv.value.is_empty()), (r3, true));
+        assert_eq!(deleted.prev_kv.as_ref().unwrap().value, b"2");
+        // Whole revisions only, stopping after the limit is reached.
+        assert_eq!(s.read_view().history(r1, 2).unwrap().len(), 2);
+
+        // Compacting at the delete keeps the delete itself replayable.
+        s.apply(&Command::Compact { revision: r3 }, &[]).unwrap();
+        s.compactor().wait_finished(r3).await;
+        let from_compaction = s.read_view().history(r3, usize::MAX).unwrap();
+        assert_eq!(from_compaction[0].events[0].kind, EventKind::Delete);
+        assert!(matches!(s.read_view().history(r2, 10), Err(MvccError::Compacted { .. })));
     }
 
     #[test]

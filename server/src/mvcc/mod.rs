@@ -6,6 +6,7 @@
 
 mod compaction;
 mod error;
+mod history;
 mod kvstore;
 mod range;
 mod request;

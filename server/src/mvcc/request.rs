@@ -207,3 +207,35 @@ impl Command {
         }
     }
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+/// One change to one key, as etcd's `mvccpb.Event`: for a delete, `kv` holds the key
+/// and the deleting revision only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub kind: EventKind,
+    pub kv: KeyValue,
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Every change made at one revision, in the order it was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevisionEvents {
+    pub revision: Revision,
+    pub events: Vec<Event>,
+}
+
+/// What the change feed of a store announces, in revision order.
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// The changes of one new revision.
+    Committed(std::sync::Arc<RevisionEvents>),
+    /// The store was replaced (a snapshot was installed) and now stands at this
+    /// revision; the revisions in between were not announced one by one.
+    Jumped { revision: Revision },
+}

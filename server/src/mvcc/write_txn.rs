@@ -5,8 +5,9 @@ use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
 
 use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
 use super::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, MvccError, OpResult, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
+    MvccError, OpResult, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision,
+    TxnRequest, TxnResponse,
 };
 use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV};
 
@@ -21,6 +22,8 @@ pub(crate) struct WriteTxn<'a> {
     overlay: Overlay,
     sub: i64,
     batch: WriteBatch,
+    /// The changes, for watchers.
+    events: Vec<Event>,
 }
 
 impl<'a> WriteTxn<'a> {
@@ -30,7 +33,16 @@ impl<'a> WriteTxn<'a> {
         begin: Revision,
         compact_revision: Revision,
     ) -> Self {
-        WriteTxn { db, snap, begin, compact_revision, overlay: Overlay::new(), sub: 0, batch: WriteBatch::default() }
+        WriteTxn {
+            db,
+            snap,
+            begin,
+            compact_revision,
+            overlay: Overlay::new(),
+            sub: 0,
+            batch: WriteBatch::default(),
+            events: Vec::new(),
+        }
     }
 
     /// Whether anything changed, so that the write consumes a revision.
@@ -38,9 +50,10 @@ impl<'a> WriteTxn<'a> {
         self.sub > 0
     }
 
-    /// The batch holding every change, to commit with the store's metadata.
-    pub fn into_batch(self) -> WriteBatch {
-        self.batch
+    /// The batch holding every change, to commit with the store's metadata, and the
+    /// changes as events.
+    pub fn into_parts(self) -> (WriteBatch, Vec<Event>) {
+        (self.batch, self.events)
     }
 
     fn write_revision(&self) -> Revision {
@@ -60,8 +73,12 @@ impl<'a> WriteTxn<'a> {
         }
     }
 
-    fn record(&mut self, key: &[u8], record: Option<KvRecord>) {
+    fn record(&mut self, key: &[u8], record: Option<KvRecord>, prev: Option<KeyValue>) {
         let rev = self.write_revision();
+        self.events.push(match &record {
+            Some(r) => Event { kind: EventKind::Put, kv: r.to_key_value(key), prev_kv: prev },
+            None => Event { kind: EventKind::Delete, kv: tombstone(key, rev), prev_kv: prev },
+        });
         let kv = schema::cf(self.db, CF_KV);
         match &record {
             Some(r) => self.batch.put_cf(kv, key, encode(r)),
@@ -96,8 +113,9 @@ impl<'a> WriteTxn<'a> {
                 _ => req.value.clone(),
             },
         };
-        self.record(&req.key, Some(record));
-        let prev_kv = if req.prev_kv { prev.map(|p| p.to_key_value(&req.key)) } else { None };
+        let prev = prev.map(|p| p.to_key_value(&req.key));
+        self.record(&req.key, Some(record), prev.clone());
+        let prev_kv = if req.prev_kv { prev } else { None };
         Ok(PutResponse { prev_kv })
     }
 
@@ -108,7 +126,7 @@ impl<'a> WriteTxn<'a> {
             true
         });
         for kv in &doomed {
-            self.record(&kv.key, None);
+            self.record(&kv.key, None, Some(kv.clone()));
         }
         let deleted = doomed.len() as i64;
         let prev_kvs = if req.prev_kv { doomed } else { Vec::new() };
@@ -222,6 +240,11 @@ impl<'a> WriteTxn<'a> {
         }
         records.iter().all(|r| compare_one(c, r))
     }
+}
+
+/// What a delete event carries: the key and the deleting revision.
+pub(crate) fn tombstone(key: &[u8], rev: Revision) -> KeyValue {
+    KeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() }
 }
 
 fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {
