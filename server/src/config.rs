@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::limits::{
     ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT,
     SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
+    WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
 };
 use crate::raft::RaftSettings;
 
@@ -99,6 +100,8 @@ settings! {
     /// Serve linearizable reads from the leader's lease instead of a ReadIndex round;
     /// assumes member clocks run at rates within 30% of each other [default: false]
     lease_reads: bool = Some(false), "CAIRN_LEASE_READS", "true|false";
+    /// Interval of progress notifications to watchers that ask for them, in milliseconds [default: 600000]
+    watch_progress_notify_interval: u64 = Some(WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT), "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL", "MS";
     /// Log level: error, warn, info, debug or trace [default: info]
     log_level: String = Some("info".into()), "CAIRN_LOG_LEVEL", "LEVEL";
     /// Log format: text or json [default: text]
@@ -141,6 +144,7 @@ pub struct Config {
     pub request_bytes_max: usize,
     pub txn_ops_max: usize,
     pub raft: RaftSettings,
+    pub watch_progress_notify_interval: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -261,6 +265,10 @@ impl Config {
                 )?),
                 lease_reads: m.lease_reads.expect("defaulted"),
             },
+            watch_progress_notify_interval: Duration::from_millis(positive(
+                "watch-progress-notify-interval",
+                m.watch_progress_notify_interval.expect("defaulted"),
+            )?),
             log_level,
             log_format,
         })

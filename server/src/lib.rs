@@ -3,6 +3,7 @@
 //! Layers, each depending only on those below it:
 //! - [`schema`]: every RocksDB column family and key encoding;
 //! - [`mvcc`]: the revisioned key space;
+//! - [`watch`]: watchers fed from the store's change feed and history;
 //! - [`raft`]: replication with openraft, the log store and peer network;
 //! - [`api`]: the etcd v3 gRPC services;
 //! - [`server`]: wires a member together from its [`config`].
@@ -15,3 +16,4 @@ pub mod mvcc;
 pub mod raft;
 pub mod schema;
 pub mod server;
+pub mod watch;

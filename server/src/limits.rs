@@ -77,3 +77,21 @@ pub const LEASE_READ_ELECTION_FRACTION_PERCENT: u64 = 70;
 /// Revisions the store's change feed holds for a subscriber that has not read them
 /// yet; one that falls further behind catches up from stored history instead.
 pub const CHANGE_FEED_REVISIONS_MAX: usize = 4_096;
+
+/// Messages a watch stream buffers for its client; a watcher whose stream is full
+/// is moved to catch up from stored history instead of holding events in memory.
+pub const WATCH_STREAM_BUFFER_MESSAGES: usize = 64;
+
+/// Most events in one catch-up message to a watcher (whole revisions only, so a
+/// single large revision may exceed it).
+pub const WATCH_CATCHUP_EVENTS_MAX: usize = 1_000;
+
+/// Most watchers brought forward in one catch-up round.
+pub const WATCH_CATCHUP_WATCHERS_PER_ROUND_MAX: usize = 256;
+
+/// Pause between catch-up rounds while some watcher is still behind.
+pub const WATCH_CATCHUP_INTERVAL_MS: u64 = 50;
+
+/// Default interval of progress notifications for watchers that ask for them
+/// (etcd's `--experimental-watch-progress-notify-interval`).
+pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT: u64 = 600_000;

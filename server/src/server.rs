@@ -8,19 +8,21 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use cairn_proto::peer::peer_server::PeerServer;
 use futures::StreamExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{Api, ApiLimits, KvService, MaintenanceService, UnimplementedLayer};
+use crate::api::{Api, ApiLimits, KvService, MaintenanceService, UnimplementedLayer, WatchService};
 use crate::bootstrap;
 use crate::config::{url_authority, Config};
 use crate::limits::{CLIENT_STREAMS_PER_CONNECTION_MAX, GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
 use crate::raft::{PeerService, RaftNode};
 use crate::schema;
+use crate::watch::WatchHub;
 
 const DB_DIR: &str = "db";
 const SNAPSHOT_DIR: &str = "snap";
@@ -58,16 +60,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         txn_ops_max: config.txn_ops_max,
         request_timeout: config.raft.request_timeout,
     };
+    let hub = WatchHub::start(store.clone(), config.watch_progress_notify_interval);
     let api = Api::new(node.clone(), store, limits);
     for listener in client_listeners {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
+        let watch = WatchServer::new(WatchService::new(api.clone(), hub.clone()))
+            .max_encoding_message_size(RESPONSE_BYTES_MAX)
+            .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES);
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
             .layer(UnimplementedLayer)
             .add_service(kv)
+            .add_service(watch)
             .add_service(maintenance);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }

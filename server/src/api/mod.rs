@@ -6,6 +6,7 @@ mod error;
 mod kv;
 mod maintenance;
 mod unimplemented;
+mod watch;
 
 use std::sync::Arc;
 
@@ -15,6 +16,7 @@ pub use error::{mvcc_status, raft_status};
 pub use kv::KvService;
 pub use maintenance::MaintenanceService;
 pub use unimplemented::UnimplementedLayer;
+pub use watch::WatchService;
 
 use crate::mvcc::{KvStore, Revision};
 use crate::raft::RaftNode;

@@ -16,6 +16,7 @@ mod write_txn;
 pub use compaction::Compactor;
 pub use error::MvccError;
 pub use kvstore::{decode_meta, encode_meta, KvStore, ReadView, StoreStatus};
+pub(crate) use range::RangeEnd;
 pub use request::*;
 pub use txn_check::{validate_command, validate_range};
 
