@@ -94,18 +94,17 @@ async fn linearizable_revision(api: &Api) -> Result<Revision, Status> {
 }
 
 async fn create(api: &Arc<Api>, hub: &WatchHub, stream: StreamId, c: pb::WatchCreateRequest) {
-    let (start_revision, created_revision) = if c.start_revision > 0 {
-        (c.start_revision, api.store.status().revision)
-    } else {
-        match linearizable_revision(api).await {
-            Ok(rev) => (rev + 1, rev),
-            Err(status) => {
-                // No start can be promised without the leader: refuse this watch.
-                let _ = hub.refuse(stream, c.watch_id, status.message().to_string()).await;
-                return;
-            }
+    // Every create is linearizable: "now" is at or after every acknowledged write,
+    // and a start revision is judged (compacted or not) against an up-to-date store.
+    let now = match linearizable_revision(api).await {
+        Ok(rev) => rev,
+        Err(status) => {
+            let _ = hub.refuse(stream, c.watch_id, status.message().to_string()).await;
+            return;
         }
     };
+    let start_revision = if c.start_revision > 0 { c.start_revision } else { now + 1 };
+    let created_revision = now;
     let spec = WatchSpec {
         // etcd treats 0 as "assign one" (and assigns from 0 upwards).
         watch_id: (c.watch_id != 0).then_some(c.watch_id),

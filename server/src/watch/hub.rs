@@ -382,11 +382,13 @@ impl WatchHub {
             state
                 .unsynced
                 .iter()
+                // A stream with no room would refuse what we read: skip it this round.
+                .filter(|k| state.streams.get(&k.stream).is_some_and(|s| s.tx.capacity() > 0))
                 .take(WATCH_CATCHUP_WATCHERS_PER_ROUND_MAX)
                 .filter_map(|k| state.watchers.get(k).map(|w| (*k, w.next)))
                 .collect()
         };
-        let Some(from) = behind.iter().map(|(_, next)| *next).min() else { return false };
+        let Some(from) = behind.iter().map(|(_, next)| *next).min() else { return !self.lock().unsynced.is_empty() };
         let view = self.store.read_view();
         let history = match view.history(from, WATCH_CATCHUP_EVENTS_MAX) {
             Ok(h) => h,

@@ -272,6 +272,10 @@ impl Node {
         self.child.is_some()
     }
 
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// `Some(description)` if the process was started and has exited since.
     fn exited(&mut self) -> Option<String> {
         let child = self.child.as_mut()?;
@@ -414,6 +418,34 @@ impl Cluster {
     /// A client connected to member `i` only.
     pub async fn client(&self, i: usize) -> Client {
         connect(&self.endpoint(i)).await
+    }
+
+    /// The process ID of member `i`, if it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.nodes[i].pid()
+    }
+
+    /// Resident memory of member `i` in KiB (Linux), for reports.
+    pub fn rss_kib(&self, i: usize) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(i)?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Freezes member `i` (SIGSTOP): it keeps its sockets but answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Thaws a member frozen by [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.pid(i).unwrap_or_else(|| panic!("member {i} is not running"));
+        let status = Command::new("kill").arg(sig).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
     }
 
     /// What member `i` has logged so far (stderr, every incarnation).
