@@ -375,3 +375,67 @@ async fn etcdctl_watch_with_prefix_revision_and_prev_kv() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_watches_share_a_stream_with_ids_filters_and_cancel() {
+    use etcd_client::WatchFilterType;
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    let mut w = stream_client(&cluster.endpoint(1)).await.unwrap();
+    let (mut watcher, mut stream) = ok(
+        "watch",
+        w.watch("m/puts", Some(WatchOptions::new().with_watch_id(7).with_filters([WatchFilterType::NoDelete]))),
+    )
+    .await;
+    assert_eq!(watcher.watch_id(), 7);
+    // A second watch on the same stream, deletes only; then one reusing ID 7.
+    ok(
+        "watch",
+        watcher.watch("m/dels", Some(WatchOptions::new().with_watch_id(8).with_filters([WatchFilterType::NoPut]))),
+    )
+    .await;
+    let created = ok("message", stream.message()).await.expect("stream ended");
+    assert!(created.created() && created.watch_id() == 8, "{created:?}");
+    ok("watch", watcher.watch("m/other", Some(WatchOptions::new().with_watch_id(7)))).await;
+    let refused = ok("message", stream.message()).await.expect("stream ended");
+    assert!(refused.created() && refused.canceled(), "a duplicate watch ID must be refused: {refused:?}");
+
+    ok("put", c.put("m/puts", "1", None)).await;
+    ok("delete", c.delete("m/puts", None)).await;
+    ok("put", c.put("m/dels", "1", None)).await;
+    let deleted = ok("delete", c.delete("m/dels", None)).await.header().unwrap().revision();
+    let mut by_watch: std::collections::BTreeMap<i64, Vec<bool>> = Default::default();
+    while by_watch.values().map(Vec::len).sum::<usize>() < 2 {
+        let resp = ok("message", stream.message()).await.expect("stream ended");
+        by_watch.entry(resp.watch_id()).or_default().extend(seen(&resp).iter().map(|s| s.put));
+    }
+    assert_eq!(by_watch[&7], vec![true], "NODELETE watch");
+    assert_eq!(by_watch[&8], vec![false], "NOPUT watch");
+
+    ok("cancel", watcher.cancel_by_id(8)).await;
+    let canceled = ok("message", stream.message()).await.expect("stream ended");
+    assert!(canceled.canceled() && canceled.watch_id() == 8, "{canceled:?}");
+    ok("put", c.put("m/dels", "2", None)).await;
+    ok("delete", c.delete("m/dels", None)).await;
+    let after = ok("put", c.put("m/puts", "2", None)).await.header().unwrap().revision();
+    let resp = ok("message", stream.message()).await.expect("stream ended");
+    assert_eq!((resp.watch_id(), seen(&resp)[0].rev), (7, after), "events for a canceled watch: {resp:?}");
+    assert!(after > deleted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notify_reports_the_revision_to_an_idle_watch() {
+    if is_etcd() {
+        return; // etcd 3.4 has no flag for the interval; its default is ten minutes
+    }
+    let cluster = Cluster::start_with(3, &["--watch-progress-notify-interval", "200"]).await;
+    let mut c = cluster.client(0).await;
+    let written = ok("put", c.put("p/a", "1", None)).await.header().unwrap().revision();
+    let mut w = stream_client(&cluster.endpoint(2)).await.unwrap();
+    let (watcher, mut stream) =
+        ok("watch", w.watch("p/", Some(WatchOptions::new().with_prefix().with_progress_notify()))).await;
+    let resp = ok("message", stream.message()).await.expect("stream ended");
+    assert!(resp.events().is_empty(), "{resp:?}");
+    assert_eq!(resp.watch_id(), watcher.watch_id());
+    assert!(resp.header().unwrap().revision() >= written);
+}
