@@ -1,4 +1,5 @@
-//! The MVCC key space: revisions, per-key history, ranges, transactions and compaction.
+//! The MVCC key space: revisions, per-key history, ranges, transactions, compaction,
+//! and the leases that keys are attached to.
 //!
 //! This module knows RocksDB and its own request types; it knows nothing of gRPC or
 //! Raft. The Raft state machine (`crate::raft`) feeds it committed commands in log
@@ -7,6 +8,7 @@
 mod compaction;
 mod error;
 mod kvstore;
+mod lease_table;
 mod range;
 mod request;
 mod txn_check;
@@ -15,6 +17,7 @@ mod write_txn;
 pub use compaction::Compactor;
 pub use error::MvccError;
 pub use kvstore::{decode_meta, encode_meta, KvStore, ReadView, StoreStatus};
+pub use lease_table::LeaseRecord;
 pub use request::*;
 pub use txn_check::{validate_command, validate_range};
 

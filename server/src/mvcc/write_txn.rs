@@ -1,14 +1,18 @@
-//! One mutating request applied at one revision: puts, deletes and transactions,
-//! collected in a RocksDB write batch that commits all of it or none of it.
+//! One mutating request applied at one revision: puts, deletes, transactions and
+//! lease changes, collected in a RocksDB write batch that commits all of it or none
+//! of it.
 
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
 
+use super::lease_table::{self, LeaseRecord};
 use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
 use super::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, MvccError, OpResult, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, LeaseCheckpoint, MvccError,
+    OpResult, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, TxnRequest,
+    TxnResponse,
 };
-use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV};
+use crate::limits::LEASE_TTL_SECONDS_MAX;
+use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS};
 
 /// A write in progress at revision `begin + 1`. Reads inside it see its own changes.
 pub(crate) struct WriteTxn<'a> {
@@ -74,10 +78,7 @@ impl<'a> WriteTxn<'a> {
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        if req.lease != 0 {
-            // Leases are granted through the Lease API; until one exists, no ID names one.
-            return Err(MvccError::LeaseNotFound { lease: req.lease });
-        }
+        self.check_lease(req.lease)?;
         let prev = self.source().get_current(&req.key);
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
@@ -96,6 +97,7 @@ impl<'a> WriteTxn<'a> {
                 _ => req.value.clone(),
             },
         };
+        self.move_attachment(&req.key, prev.as_ref().map_or(0, |p| p.lease), record.lease);
         self.record(&req.key, Some(record));
         let prev_kv = if req.prev_kv { prev.map(|p| p.to_key_value(&req.key)) } else { None };
         Ok(PutResponse { prev_kv })
@@ -108,6 +110,7 @@ impl<'a> WriteTxn<'a> {
             true
         });
         for kv in &doomed {
+            self.move_attachment(&kv.key, kv.lease, 0);
             self.record(&kv.key, None);
         }
         let deleted = doomed.len() as i64;
@@ -156,7 +159,7 @@ impl<'a> WriteTxn<'a> {
         let succeeded = *path.next().expect("a decision for every txn taken");
         for op in branch(req, succeeded) {
             match op {
-                RequestOp::Put(p) if p.lease != 0 => return Err(MvccError::LeaseNotFound { lease: p.lease }),
+                RequestOp::Put(p) if p.lease != 0 => self.check_lease(p.lease)?,
                 RequestOp::Put(p)
                     if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() =>
                 {
@@ -221,6 +224,74 @@ impl<'a> WriteTxn<'a> {
             );
         }
         records.iter().all(|r| compare_one(c, r))
+    }
+}
+
+/// Lease changes. A lease's record and its attachment index change in the same
+/// batch as the keys, so that no member ever sees a key attached to a missing lease.
+impl WriteTxn<'_> {
+    fn check_lease(&self, lease: i64) -> Result<(), MvccError> {
+        if lease != 0 && lease_table::get(self.db, self.snap, lease).is_none() {
+            return Err(MvccError::LeaseNotFound { lease });
+        }
+        Ok(())
+    }
+
+    /// Moves `key`'s entry in the attachment index from lease `from` to lease `to`
+    /// (0 is no lease).
+    fn move_attachment(&mut self, key: &[u8], from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        let cf = schema::cf(self.db, CF_LEASE_KEYS);
+        if from != 0 {
+            self.batch.delete_cf(cf, schema::lease_attachment_key(from, key));
+        }
+        if to != 0 {
+            self.batch.put_cf(cf, schema::lease_attachment_key(to, key), []);
+        }
+    }
+
+    pub fn lease_grant(&mut self, id: i64, ttl_seconds: i64) -> Result<(), MvccError> {
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound { lease: id });
+        }
+        if ttl_seconds > LEASE_TTL_SECONDS_MAX {
+            return Err(MvccError::LeaseTtlTooLarge { ttl_seconds });
+        }
+        if lease_table::get(self.db, self.snap, id).is_some() {
+            return Err(MvccError::LeaseExists { lease: id });
+        }
+        self.put_lease(id, &LeaseRecord { ttl_seconds, remaining_ms: 0 });
+        Ok(())
+    }
+
+    /// Deletes every attached key through the normal delete path (one DELETE event
+    /// and one tombstone each, all at this write's revision), then the lease.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(), MvccError> {
+        if lease_table::get(self.db, self.snap, id).is_none() {
+            return Err(MvccError::LeaseNotFound { lease: id });
+        }
+        for key in lease_table::attached_keys(self.db, self.snap, id) {
+            let deleted = self.delete_range(&DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false })?;
+            assert_eq!(deleted.deleted, 1, "lease {id:x} lists a key that is not live or not attached to it");
+        }
+        self.batch.delete_cf(schema::cf(self.db, CF_LEASES), schema::lease_key(id));
+        Ok(())
+    }
+
+    pub fn lease_checkpoint(&mut self, checkpoints: &[LeaseCheckpoint]) -> Result<(), MvccError> {
+        for cp in checkpoints {
+            // The lease may have been revoked after the leader took the checkpoint.
+            if let Some(record) = lease_table::get(self.db, self.snap, cp.id) {
+                self.put_lease(cp.id, &LeaseRecord { remaining_ms: cp.remaining_ms.max(0), ..record });
+            }
+        }
+        Ok(())
+    }
+
+    fn put_lease(&mut self, id: i64, record: &LeaseRecord) {
+        self.batch.put_cf(schema::cf(self.db, CF_LEASES), schema::lease_key(id), encode(record));
     }
 }
 
