@@ -10,8 +10,9 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits::{
-    ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT,
-    SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
+    ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT,
+    REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT,
+    TXN_OPS_MAX_DEFAULT,
 };
 use crate::raft::RaftSettings;
 
@@ -99,6 +100,9 @@ settings! {
     /// Serve linearizable reads from the leader's lease instead of a ReadIndex round;
     /// assumes member clocks run at rates within 30% of each other [default: false]
     lease_reads: bool = Some(false), "CAIRN_LEASE_READS", "true|false";
+    /// How often the leader commits every lease's remaining TTL through Raft, so that a
+    /// leader change does not start TTLs over, in milliseconds [default: 5000]
+    lease_checkpoint_interval: u64 = Some(LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT), "CAIRN_LEASE_CHECKPOINT_INTERVAL", "MS";
     /// Log level: error, warn, info, debug or trace [default: info]
     log_level: String = Some("info".into()), "CAIRN_LOG_LEVEL", "LEVEL";
     /// Log format: text or json [default: text]
@@ -141,6 +145,8 @@ pub struct Config {
     pub request_bytes_max: usize,
     pub txn_ops_max: usize,
     pub raft: RaftSettings,
+    /// How often the leader checkpoints remaining lease TTLs through Raft.
+    pub lease_checkpoint_interval: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -261,6 +267,10 @@ impl Config {
                 )?),
                 lease_reads: m.lease_reads.expect("defaulted"),
             },
+            lease_checkpoint_interval: Duration::from_millis(positive(
+                "lease-checkpoint-interval",
+                m.lease_checkpoint_interval.expect("defaulted"),
+            )?),
             log_level,
             log_format,
         })
