@@ -43,6 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let lease_settings = LeaseSettings {
         checkpoint_interval: config.lease_checkpoint_interval,
         election_timeout: std::time::Duration::from_millis(config.raft.election_timeout_ms),
+        request_timeout: config.raft.request_timeout,
     };
     let lessor = Lessor::new(node.clone(), store.clone(), lease_settings);
     // Listen before forming the cluster, so that peers' first messages find us.

@@ -77,11 +77,18 @@ impl ExpiryTable {
     /// Remaining TTLs of up to `max` live leases, in ID order starting after `after`
     /// and wrapping around, for one checkpoint command. Never 0, which would mean
     /// "the whole TTL".
-    pub fn checkpoints(&self, now: Instant, after: i64, max: usize) -> Vec<LeaseCheckpoint> {
+    ///
+    /// A lease with more than its TTL minus `fresh_within` left is skipped: it was
+    /// renewed (or granted) less than `fresh_within` ago, so its stored checkpoint
+    /// is 0 (a renewal of a checkpointed lease commits 0) and overstates what remains
+    /// by less than `fresh_within`. Leases kept alive well within their TTL then cost
+    /// no checkpoint, and their keep-alives no Raft write.
+    pub fn checkpoints(&self, now: Instant, after: i64, max: usize, fresh_within: Duration) -> Vec<LeaseCheckpoint> {
         let tail = self.leases.range((Bound::Excluded(after), Bound::Unbounded));
         let head = self.leases.range(..=after);
         tail.chain(head)
             .filter(|(_, e)| e.expiry > now)
+            .filter(|(_, e)| e.expiry - now + fresh_within <= millis(e.ttl_seconds.saturating_mul(1000)))
             .take(max)
             .map(|(&id, e)| LeaseCheckpoint { id, remaining_ms: ((e.expiry - now).as_millis() as i64).max(1) })
             .collect()
@@ -151,13 +158,17 @@ mod tests {
         t.sync(now, &[stored.clone(), vec![(6, record(1, 0))]].concat(), Duration::ZERO);
         let at = now + 2 * SECOND;
         let ids = |cps: &[LeaseCheckpoint]| cps.iter().map(|c| c.id).collect::<Vec<_>>();
-        let first = t.checkpoints(at, i64::MIN, 2);
+        let first = t.checkpoints(at, i64::MIN, 2, SECOND);
         assert_eq!(ids(&first), vec![1, 2]);
         assert_eq!(first[0].remaining_ms, 8_000);
-        assert_eq!(ids(&t.checkpoints(at, 2, 2)), vec![3, 4]);
+        assert_eq!(ids(&t.checkpoints(at, 2, 2, SECOND)), vec![3, 4]);
         // Lease 6 has expired: skipped; the round wraps to the start.
-        assert_eq!(ids(&t.checkpoints(at, 4, 3)), vec![5, 1, 2]);
-        let last = t.checkpoints(now + 10 * SECOND - Duration::from_micros(10), i64::MIN, 1);
+        assert_eq!(ids(&t.checkpoints(at, 4, 3, SECOND)), vec![5, 1, 2]);
+        let last = t.checkpoints(now + 10 * SECOND - Duration::from_micros(10), i64::MIN, 1, SECOND);
         assert_eq!(last[0].remaining_ms, 1, "a sub-millisecond remainder is still not 0");
+        // Granted 2 s ago: not yet worth a checkpoint 3 s apart; renewed 1 s ago: neither.
+        assert!(t.checkpoints(at, i64::MIN, 10, 3 * SECOND).is_empty());
+        t.renew(3, now + 4 * SECOND);
+        assert_eq!(ids(&t.checkpoints(now + 5 * SECOND, i64::MIN, 10, 3 * SECOND)), vec![1, 2, 4, 5]);
     }
 }

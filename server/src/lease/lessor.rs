@@ -25,6 +25,8 @@ pub struct LeaseSettings {
     /// Raft's (minimum) election timeout: the grace a new leader adds to every lease,
     /// and the basis of the minimum TTL.
     pub election_timeout: Duration,
+    /// How long one revoke or checkpoint proposal may wait for Raft.
+    pub request_timeout: Duration,
 }
 
 /// The expiry table and the leadership term it belongs to.
@@ -179,10 +181,8 @@ impl Lessor {
     async fn revoke_expired(&self, term: u64) {
         let expired = self.with_table(term, |t, now| t.expired(now, LEASE_REVOKES_PER_TICK_MAX));
         for id in expired {
-            match self.node.propose_local(Command::LeaseRevoke { id }).await {
-                Ok(outcome) => {
-                    tracing::debug!(lease = format_args!("{id:x}"), revision = outcome.revision, "lease expired")
-                }
+            match self.propose(Command::LeaseRevoke { id }).await {
+                Ok(revision) => tracing::debug!(lease = format_args!("{id:x}"), revision, "lease expired"),
                 Err(e) => {
                     tracing::info!(lease = format_args!("{id:x}"), error = %e, "revoking an expired lease failed");
                     return;
@@ -193,12 +193,23 @@ impl Lessor {
 
     async fn checkpoint(&self, term: u64, cursor: &mut i64) {
         let _order = self.checkpoint_order.write().await;
-        let batch = self.with_table(term, |t, now| t.checkpoints(now, *cursor, LEASE_CHECKPOINT_BATCH_MAX));
+        let fresh_within = self.settings.checkpoint_interval;
+        let batch =
+            self.with_table(term, |t, now| t.checkpoints(now, *cursor, LEASE_CHECKPOINT_BATCH_MAX, fresh_within));
         let Some(last) = batch.last() else { return };
         *cursor = last.id;
         let leases = batch.len();
-        if let Err(e) = self.node.propose_local(Command::LeaseCheckpoint { checkpoints: batch }).await {
+        if let Err(e) = self.propose(Command::LeaseCheckpoint { checkpoints: batch }).await {
             tracing::info!(leases, error = %e, "checkpointing lease TTLs failed");
+        }
+    }
+
+    /// Proposes on this member (a leader's own decision is never forwarded), bounded
+    /// so that a leader without a quorum does not stall the loop; answers the revision.
+    async fn propose(&self, cmd: Command) -> Result<i64, RaftNodeError> {
+        match tokio::time::timeout(self.settings.request_timeout, self.node.propose_local(cmd)).await {
+            Ok(outcome) => outcome.map(|o| o.revision),
+            Err(_) => Err(RaftNodeError::Timeout),
         }
     }
 }
