@@ -400,6 +400,7 @@ mod tests {
             (vec!["--listen-client-urls", "localhost:2379"], "listen-client-urls"),
             (vec!["--max-request-bytes", "0"], "max-request-bytes"),
             (vec!["--election-timeout", "200"], "election-timeout"),
+            (vec!["--lease-checkpoint-interval", "0"], "lease-checkpoint-interval"),
             (vec!["--log-level", "loud"], "log-level"),
         ] {
             let err = Config::from_flags(flags(&args)).unwrap_err();
