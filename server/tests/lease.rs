@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use cairn_proto::etcdserverpb as pb;
 use cairn_proto::etcdserverpb::lease_client::LeaseClient;
 use common::{assert_grpc_error, is_etcd, ok, within, Cluster};
-use etcd_client::{Client, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
+use etcd_client::{Client, GetOptions, LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp};
 use tonic::Code;
 
 const LEASE_NOT_FOUND: &str = "etcdserver: requested lease not found";
@@ -112,6 +112,8 @@ async fn revoke_deletes_every_attached_key_at_one_revision() {
         put_with_lease(&mut c, key, id).await;
     }
     ok("put", c.put("r/plain", "v", None)).await;
+    let txn = Txn::new().and_then(vec![TxnOp::put("r/txn", "v", Some(PutOptions::new().with_lease(id)))]);
+    ok("txn put with a lease", c.txn(txn)).await;
     // Overwriting with another lease, or with none, detaches the key; ignore_lease
     // keeps the lease it had.
     put_with_lease(&mut c, "r/moved", other).await;
@@ -119,14 +121,14 @@ async fn revoke_deletes_every_attached_key_at_one_revision() {
     ok("put ignore_lease", c.put("r/kept", "w", Some(PutOptions::new().with_ignore_lease()))).await;
     ok("delete", c.delete("r/c", None)).await;
     assert_eq!(lease_of(&mut c, "r/kept").await, Some(id));
-    assert_eq!(time_to_live(&mut c, id).await.2, vec!["r/a", "r/b", "r/kept"]);
+    assert_eq!(time_to_live(&mut c, id).await.2, vec!["r/a", "r/b", "r/kept", "r/txn"]);
     assert_eq!(time_to_live(&mut c, other).await.2, vec!["r/moved"]);
 
     let before = revision(&mut c).await;
     ok("lease revoke", c.lease_revoke(id)).await;
     let after = revision(&mut c).await;
     assert_eq!(after, before + 1, "every attached key is deleted at one revision");
-    for key in ["r/a", "r/b", "r/kept"] {
+    for key in ["r/a", "r/b", "r/kept", "r/txn"] {
         assert_eq!(lease_of(&mut c, key).await, None, "{key} was attached");
         let old = ok("get old", c.get(key, Some(GetOptions::new().with_revision(before)))).await;
         assert_eq!(old.kvs().len(), 1, "{key} is still in the history before the revoke");
@@ -264,6 +266,14 @@ async fn errors_are_etcds_and_change_nothing() {
     assert_eq!(keep_alive_once(&cluster.endpoint(leader), id).await, 60);
     let r = within("put", c.put("err/new", "v", Some(PutOptions::new().with_lease(unknown)))).await;
     assert_grpc_error("put with an unknown lease", r, Code::NotFound, LEASE_NOT_FOUND);
+    let txn = Txn::new().and_then(vec![TxnOp::put("err/new", "v", Some(PutOptions::new().with_lease(unknown)))]);
+    let r = within("txn", c.txn(txn)).await;
+    assert_grpc_error("txn put with an unknown lease", r, Code::NotFound, LEASE_NOT_FOUND);
+    // Inside a Txn etcd checks the key before the lease.
+    let put = PutOptions::new().with_ignore_value().with_lease(unknown);
+    let txn = Txn::new().and_then(vec![TxnOp::put("err/missing", "", Some(put))]);
+    let r = within("txn", c.txn(txn)).await;
+    assert_grpc_error("txn ignore_value put on a missing key", r, Code::InvalidArgument, "etcdserver: key not found");
     let r = within("grant", c.lease_grant(9_000_000_001, None)).await;
     assert_grpc_error("grant a too large TTL", r, Code::OutOfRange, "etcdserver: too large lease TTL");
     let r = within("grant", c.lease_grant(30, Some(LeaseGrantOptions::new().with_id(id)))).await;

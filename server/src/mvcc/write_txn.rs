@@ -159,11 +159,12 @@ impl<'a> WriteTxn<'a> {
         let succeeded = *path.next().expect("a decision for every txn taken");
         for op in branch(req, succeeded) {
             match op {
-                RequestOp::Put(p) if p.lease != 0 => self.check_lease(p.lease)?,
-                RequestOp::Put(p)
-                    if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() =>
-                {
-                    return Err(MvccError::KeyNotFound)
+                // etcd's order inside a Txn: the key first, then the lease.
+                RequestOp::Put(p) => {
+                    if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() {
+                        return Err(MvccError::KeyNotFound);
+                    }
+                    self.check_lease(p.lease)?;
                 }
                 RequestOp::Txn(t) => self.check_puts(t, path)?,
                 _ => {}
