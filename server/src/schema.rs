@@ -57,6 +57,8 @@ pub mod meta_keys {
     pub const COMPACT_REVISION: &[u8] = b"compact_revision";
     /// Revision up to which history has been physically removed.
     pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
+    /// Leases granted so far (u64, big endian): each grant's sequence number.
+    pub const LEASE_GRANTS: &[u8] = b"lease_grants";
 }
 
 /// Keys in [`CF_IDENTITY`].

@@ -20,6 +20,7 @@ use crate::mvcc::{LeaseCheckpoint, LeaseRecord};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Entry {
     ttl_seconds: i64,
+    grant: u64,
     expiry: Instant,
 }
 
@@ -30,14 +31,17 @@ pub struct ExpiryTable {
 }
 
 impl ExpiryTable {
-    /// Brings the table in line with the stored leases: each lease it lacks expires
-    /// `grace` after its remaining (or whole) TTL from `now`; leases no longer stored
-    /// are dropped; the others keep their expiry.
+    /// Brings the table in line with the stored leases: each lease it lacks (or
+    /// knows as an earlier grant of the same ID) expires `grace` after its remaining
+    /// (or whole) TTL from `now`; leases no longer stored are dropped; the others
+    /// keep their expiry.
     pub fn sync(&mut self, now: Instant, stored: &[(i64, LeaseRecord)], grace: Duration) {
         let mut fresh = BTreeMap::new();
         for &(id, record) in stored {
-            let entry = self.leases.get(&id).copied().unwrap_or_else(|| Entry {
+            let known = self.leases.get(&id).copied().filter(|e| e.grant == record.grant);
+            let entry = known.unwrap_or_else(|| Entry {
                 ttl_seconds: record.ttl_seconds,
+                grant: record.grant,
                 expiry: now + millis(record.remaining_or_ttl_ms()) + grace,
             });
             fresh.insert(id, entry);
@@ -90,7 +94,11 @@ impl ExpiryTable {
             .filter(|(_, e)| e.expiry > now)
             .filter(|(_, e)| e.expiry - now + fresh_within <= millis(e.ttl_seconds.saturating_mul(1000)))
             .take(max)
-            .map(|(&id, e)| LeaseCheckpoint { id, remaining_ms: ((e.expiry - now).as_millis() as i64).max(1) })
+            .map(|(&id, e)| LeaseCheckpoint {
+                id,
+                grant: e.grant,
+                remaining_ms: ((e.expiry - now).as_millis() as i64).max(1),
+            })
             .collect()
     }
 }
@@ -106,7 +114,7 @@ mod tests {
     const SECOND: Duration = Duration::from_secs(1);
 
     fn record(ttl_seconds: i64, remaining_ms: i64) -> LeaseRecord {
-        LeaseRecord { ttl_seconds, remaining_ms }
+        LeaseRecord { ttl_seconds, remaining_ms, grant: 1 }
     }
 
     #[test]
@@ -135,6 +143,11 @@ mod tests {
         t.sync(later, &[(2, record(5, 0))], Duration::ZERO);
         assert_eq!(t.remaining(1, later), None);
         assert_eq!(t.len(), 1);
+        // Lease 2 revoked and granted again (same ID, next grant) between two syncs:
+        // the new grant counts from now, not from the old one's expiry.
+        let regranted = LeaseRecord { grant: 2, ..record(30, 0) };
+        t.sync(later + 4 * SECOND, &[(2, regranted)], Duration::ZERO);
+        assert_eq!(t.remaining(2, later + 6 * SECOND), Some(28 * SECOND));
     }
 
     #[test]

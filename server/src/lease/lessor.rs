@@ -126,7 +126,7 @@ impl Lessor {
         if record.remaining_ms != 0 {
             // As etcd: a new leader would otherwise count from the older checkpoint
             // and expire the lease before the TTL this renewal promises.
-            let reset = LeaseCheckpoint { id, remaining_ms: 0 };
+            let reset = LeaseCheckpoint { id, grant: record.grant, remaining_ms: 0 };
             self.node.propose_local(Command::LeaseCheckpoint { checkpoints: vec![reset] }).await?;
         } else {
             // Confirms with a quorum that no newer leader (which would count the TTL

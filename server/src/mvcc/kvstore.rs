@@ -442,9 +442,14 @@ mod tests {
         let del = Command::DeleteRange(DeleteRangeRequest { key: "gone".into(), ..Default::default() });
         s.apply(&del, &[]).unwrap();
         assert_eq!(s.read_view().lease_keys(7), vec![b"a".to_vec(), b"b".to_vec()]);
-        let cp = Command::LeaseCheckpoint { checkpoints: vec![LeaseCheckpoint { id: 7, remaining_ms: 4_000 }] };
-        s.apply(&cp, &[]).unwrap();
-        assert_eq!(s.read_view().lease(7), Some(LeaseRecord { ttl_seconds: 10, remaining_ms: 4_000 }));
+        let checkpoint = |grant| Command::LeaseCheckpoint {
+            checkpoints: vec![LeaseCheckpoint { id: 7, grant, remaining_ms: 4_000 }],
+        };
+        s.apply(&checkpoint(2), &[]).unwrap();
+        assert_eq!(s.read_view().lease(7).unwrap().remaining_ms, 0, "a checkpoint of another grant of 7");
+        s.apply(&checkpoint(1), &[]).unwrap();
+        assert_eq!(s.read_view().lease(7), Some(LeaseRecord { ttl_seconds: 10, remaining_ms: 4_000, grant: 1 }));
+        assert_eq!(s.read_view().lease(8).unwrap().grant, 2);
 
         let mut data = Vec::new();
         s.export(&mut data, &[]).unwrap();

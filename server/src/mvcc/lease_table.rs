@@ -18,6 +18,9 @@ pub struct LeaseRecord {
     /// The remaining TTL at the last checkpoint, in milliseconds; 0 when none was
     /// taken since the lease was granted or renewed (the whole TTL remains).
     pub remaining_ms: i64,
+    /// This grant's sequence number in the store, so that a lease revoked and
+    /// granted again under the same ID is told apart from the old one.
+    pub grant: u64,
 }
 
 impl LeaseRecord {

@@ -193,10 +193,13 @@ pub enum Command {
 }
 
 /// A lease's remaining TTL as the leader saw it. `remaining_ms == 0` means "the
-/// whole granted TTL" (written when a keep-alive renews the lease).
+/// whole granted TTL" (written when a keep-alive renews the lease). It applies only
+/// to the grant it was taken of (`LeaseRecord::grant`), not to a lease revoked and
+/// granted again under the same ID since.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseCheckpoint {
     pub id: i64,
+    pub grant: u64,
     pub remaining_ms: i64,
 }
 

@@ -12,7 +12,7 @@ use super::{
     TxnResponse,
 };
 use crate::limits::LEASE_TTL_SECONDS_MAX;
-use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS};
+use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_META};
 
 /// A write in progress at revision `begin + 1`. Reads inside it see its own changes.
 pub(crate) struct WriteTxn<'a> {
@@ -263,7 +263,11 @@ impl WriteTxn<'_> {
         if lease_table::get(self.db, self.snap, id).is_some() {
             return Err(MvccError::LeaseExists { lease: id });
         }
-        self.put_lease(id, &LeaseRecord { ttl_seconds, remaining_ms: 0 });
+        let meta = schema::cf(self.db, CF_META);
+        let grants = self.snap.get_cf(meta, meta_keys::LEASE_GRANTS).expect("reading the lease grant count");
+        let grant = grants.map_or(0, |b| u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes"))) + 1;
+        self.batch.put_cf(meta, meta_keys::LEASE_GRANTS, grant.to_be_bytes());
+        self.put_lease(id, &LeaseRecord { ttl_seconds, remaining_ms: 0, grant });
         Ok(())
     }
 
@@ -284,8 +288,11 @@ impl WriteTxn<'_> {
     pub fn lease_checkpoint(&mut self, checkpoints: &[LeaseCheckpoint]) -> Result<(), MvccError> {
         for cp in checkpoints {
             // The lease may have been revoked after the leader took the checkpoint.
-            if let Some(record) = lease_table::get(self.db, self.snap, cp.id) {
-                self.put_lease(cp.id, &LeaseRecord { remaining_ms: cp.remaining_ms.max(0), ..record });
+            match lease_table::get(self.db, self.snap, cp.id) {
+                Some(record) if record.grant == cp.grant => {
+                    self.put_lease(cp.id, &LeaseRecord { remaining_ms: cp.remaining_ms.max(0), ..record })
+                }
+                _ => {}
             }
         }
         Ok(())
