@@ -10,9 +10,9 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits::{
-    ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT,
-    SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
-    WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
+    ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT,
+    REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT,
+    TXN_OPS_MAX_DEFAULT, WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
 };
 use crate::raft::RaftSettings;
 
@@ -102,6 +102,9 @@ settings! {
     lease_reads: bool = Some(false), "CAIRN_LEASE_READS", "true|false";
     /// Interval of progress notifications to watchers that ask for them, in milliseconds [default: 600000]
     watch_progress_notify_interval: u64 = Some(WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT), "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL", "MS";
+    /// How often the leader commits every lease's remaining TTL through Raft, so that a
+    /// leader change does not start TTLs over, in milliseconds [default: 5000]
+    lease_checkpoint_interval: u64 = Some(LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT), "CAIRN_LEASE_CHECKPOINT_INTERVAL", "MS";
     /// Log level: error, warn, info, debug or trace [default: info]
     log_level: String = Some("info".into()), "CAIRN_LOG_LEVEL", "LEVEL";
     /// Log format: text or json [default: text]
@@ -145,6 +148,8 @@ pub struct Config {
     pub txn_ops_max: usize,
     pub raft: RaftSettings,
     pub watch_progress_notify_interval: Duration,
+    /// How often the leader checkpoints remaining lease TTLs through Raft.
+    pub lease_checkpoint_interval: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
 }
@@ -268,6 +273,10 @@ impl Config {
             watch_progress_notify_interval: Duration::from_millis(positive(
                 "watch-progress-notify-interval",
                 m.watch_progress_notify_interval.expect("defaulted"),
+            )?),
+            lease_checkpoint_interval: Duration::from_millis(positive(
+                "lease-checkpoint-interval",
+                m.lease_checkpoint_interval.expect("defaulted"),
             )?),
             log_level,
             log_format,
@@ -398,6 +407,7 @@ mod tests {
             (vec!["--listen-client-urls", "localhost:2379"], "listen-client-urls"),
             (vec!["--max-request-bytes", "0"], "max-request-bytes"),
             (vec!["--election-timeout", "200"], "election-timeout"),
+            (vec!["--lease-checkpoint-interval", "0"], "lease-checkpoint-interval"),
             (vec!["--log-level", "loud"], "log-level"),
         ] {
             let err = Config::from_flags(flags(&args)).unwrap_err();

@@ -95,3 +95,38 @@ pub const WATCH_CATCHUP_INTERVAL_MS: u64 = 50;
 /// Default interval of progress notifications for watchers that ask for them
 /// (etcd's `--experimental-watch-progress-notify-interval`).
 pub const WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT: u64 = 600_000;
+
+/// Largest lease TTL a client may ask for (etcd's `MaxLeaseTTL`).
+pub const LEASE_TTL_SECONDS_MAX: i64 = 9_000_000_000;
+
+/// A granted TTL below this share (in percent) of the election timeout is raised to
+/// it, as etcd does: a lease must outlive the election that a leader change takes.
+pub const LEASE_TTL_MIN_ELECTION_TIMEOUT_PERCENT: u64 = 150;
+
+/// The shortest lease TTL granted: 1.5 election timeouts, rounded up to whole seconds
+/// (2 s with the default election timeout, as etcd's).
+pub fn lease_ttl_seconds_min(election_timeout_ms: u64) -> i64 {
+    (election_timeout_ms * LEASE_TTL_MIN_ELECTION_TIMEOUT_PERCENT).div_ceil(100 * 1000) as i64
+}
+
+/// How often the leader commits the remaining TTL of its leases through Raft, so that
+/// a leader change does not start them over (`--lease-checkpoint-interval`).
+pub const LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT: u64 = 5_000;
+
+/// How often the leader looks for expired leases (etcd's revoke loop runs every 500 ms).
+pub const LEASE_EXPIRY_TICK_MS: u64 = 500;
+
+/// Expired leases revoked per tick of the expiry loop; more wait for the next tick
+/// (etcd revokes at most 1,000 per second).
+pub const LEASE_REVOKES_PER_TICK_MAX: usize = 500;
+
+/// Leases in one checkpoint command (etcd's `maxLeaseCheckpointBatchSize`). With more
+/// leases, each checkpoint round takes the next batch in ID order.
+pub const LEASE_CHECKPOINT_BATCH_MAX: usize = 1_000;
+
+/// Keep-alive responses queued for one client stream before the server stops reading
+/// its requests.
+pub const LEASE_KEEPALIVE_RESPONSES_PENDING_MAX: usize = 16;
+
+/// Random IDs tried for a lease granted with ID 0 before giving up.
+pub const LEASE_ID_ATTEMPTS_MAX: usize = 8;

@@ -24,12 +24,19 @@ pub const CF_EVENTS: &str = "kv_events";
 pub const CF_META: &str = "sm_meta";
 /// This member's identity: cluster id, member id, name.
 pub const CF_IDENTITY: &str = "identity";
+/// Granted leases: `lease_key(id)` → bincode `LeaseRecord` (granted TTL, last
+/// checkpointed remaining TTL).
+pub const CF_LEASES: &str = "leases";
+/// Keys attached to each lease: `lease_attachment_key(id, user key)` → empty.
+pub const CF_LEASE_KEYS: &str = "lease_keys";
 
-/// Column families that make up the state machine, and so a snapshot.
-pub const STATE_MACHINE_CFS: [&str; 4] = [CF_KV, CF_HISTORY, CF_EVENTS, CF_META];
+/// Column families that make up the state machine, and so a snapshot. New ones go at
+/// the end: a snapshot names each by its position here.
+pub const STATE_MACHINE_CFS: [&str; 6] = [CF_KV, CF_HISTORY, CF_EVENTS, CF_META, CF_LEASES, CF_LEASE_KEYS];
 
 /// Every column family.
-pub const ALL_CFS: [&str; 7] = [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_HISTORY, CF_EVENTS, CF_META, CF_IDENTITY];
+pub const ALL_CFS: [&str; 9] =
+    [CF_RAFT_LOG, CF_RAFT_STATE, CF_KV, CF_HISTORY, CF_EVENTS, CF_META, CF_IDENTITY, CF_LEASES, CF_LEASE_KEYS];
 
 /// Keys in [`CF_RAFT_STATE`].
 pub mod raft_state_keys {
@@ -50,6 +57,8 @@ pub mod meta_keys {
     pub const COMPACT_REVISION: &[u8] = b"compact_revision";
     /// Revision up to which history has been physically removed.
     pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
+    /// Leases granted so far (u64, big endian): each grant's sequence number.
+    pub const LEASE_GRANTS: &[u8] = b"lease_grants";
 }
 
 /// Keys in [`CF_IDENTITY`].
@@ -175,6 +184,27 @@ pub fn decode_event_key(key: &[u8]) -> (i64, i64) {
     (rev as i64, sub as i64)
 }
 
+/// Lease key: the ID as a big-endian `u64`, so that leases sort by ID (positive IDs
+/// first, as etcd lists them).
+pub fn lease_key(id: i64) -> [u8; 8] {
+    (id as u64).to_be_bytes()
+}
+
+/// Inverse of [`lease_key`] (also reads the ID at the front of an attachment key).
+pub fn decode_lease_key(key: &[u8]) -> i64 {
+    assert!(key.len() >= 8, "lease key too short: {key:?}");
+    u64::from_be_bytes(key[..8].try_into().expect("8 bytes")) as i64
+}
+
+/// Attachment key: the lease key, then the user key as is (the lease key has a fixed
+/// length, so a prefix scan on [`lease_key`] finds exactly one lease's keys).
+pub fn lease_attachment_key(id: i64, user_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + user_key.len());
+    out.extend_from_slice(&lease_key(id));
+    out.extend_from_slice(user_key);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,5 +227,16 @@ mod tests {
         assert!(event_key(2, 0) < event_key(2, 1));
         assert!(event_key(2, 9) < event_key(3, 0));
         assert_eq!(decode_event_key(&event_key(77, 3)), (77, 3));
+    }
+
+    #[test]
+    fn lease_keys_round_trip_and_prefix_their_attachments() {
+        for id in [1, 0x7777_1234, i64::MAX, -5] {
+            assert_eq!(decode_lease_key(&lease_key(id)), id);
+            let attached = lease_attachment_key(id, b"k\x00ey");
+            assert!(attached.starts_with(&lease_key(id)));
+            assert_eq!(decode_lease_key(&attached), id);
+        }
+        assert!(lease_key(1) < lease_key(2));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use cairn_proto::etcdserverpb::kv_server::KvServer;
+use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use cairn_proto::etcdserverpb::watch_server::WatchServer;
 use cairn_proto::peer::peer_server::PeerServer;
@@ -15,9 +16,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{Api, ApiLimits, KvService, MaintenanceService, UnimplementedLayer, WatchService};
+use crate::api::{Api, ApiLimits, KvService, LeaseService, MaintenanceService, UnimplementedLayer, WatchService};
 use crate::bootstrap;
 use crate::config::{url_authority, Config};
+use crate::lease::{LeaseSettings, Lessor};
 use crate::limits::{CLIENT_STREAMS_PER_CONNECTION_MAX, GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
 use crate::raft::{PeerService, RaftNode};
@@ -40,13 +42,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         RaftNode::start(identity.member_id, identity.cluster_id, db, store.clone(), dir.join(SNAPSHOT_DIR), settings)
             .await
             .context("starting raft")?;
+    let lease_settings = LeaseSettings {
+        checkpoint_interval: config.lease_checkpoint_interval,
+        election_timeout: std::time::Duration::from_millis(config.raft.election_timeout_ms),
+        request_timeout: config.raft.request_timeout,
+    };
+    let lessor = Lessor::new(node.clone(), store.clone(), lease_settings);
     // Listen before forming the cluster, so that peers' first messages find us.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
     let client_listeners = bind_all(&config.listen_client_urls).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     for listener in peer_listeners {
-        let peer = PeerServer::new(PeerService::new(node.clone()))
+        let peer = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
             .max_decoding_message_size(RESPONSE_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let router = tonic::transport::Server::builder().add_service(peer);
@@ -62,6 +70,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let hub = WatchHub::start(store.clone(), config.watch_progress_notify_interval);
     let api = Api::new(node.clone(), store, limits);
+    let lessor_task = tokio::spawn(lessor.clone().run(stop_rx.clone()));
     for listener in client_listeners {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
@@ -70,11 +79,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let watch = WatchServer::new(WatchService::new(api.clone(), hub.clone()))
             .max_encoding_message_size(RESPONSE_BYTES_MAX)
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES);
+        let lease = LeaseServer::new(LeaseService::new(api.clone(), lessor.clone()));
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
             .layer(UnimplementedLayer)
             .add_service(kv)
             .add_service(watch)
+            .add_service(lease)
             .add_service(maintenance);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }
@@ -95,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "a gRPC server stopped with an error");
         }
     }
+    let _ = lessor_task.await;
     stop_raft(&node).await;
     Ok(())
 }

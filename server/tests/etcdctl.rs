@@ -408,3 +408,33 @@ async fn oversized_put_from_stdin_is_rejected() {
     let j = run_json(&leader, &["get", "big"]).await;
     assert_eq!(b64decode(j["kvs"][0]["value"].as_str().unwrap()), value);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_grant_keep_alive_time_to_live_list_and_revoke() {
+    let cluster = Cluster::start(3).await;
+    let (leader, follower) = leader_and_follower(&cluster).await;
+    let granted = run(&follower, &["lease", "grant", "60"]).await;
+    let id = granted.split_whitespace().nth(1).expect("lease <id> granted ...").to_string();
+    assert_eq!(granted.trim(), format!("lease {id} granted with TTL(60s)"));
+    let lease_flag = format!("--lease={id}");
+    assert_eq!(run(&leader, &["put", &lease_flag, "lk/a", "1"]).await.trim(), "OK");
+    assert_eq!(run(&follower, &["put", &lease_flag, "lk/b", "2"]).await.trim(), "OK");
+
+    let kept = run(&follower, &["lease", "keep-alive", "--once", &id]).await;
+    assert_eq!(kept.trim(), format!("lease {id} keepalived with TTL(60)"));
+    let ttl = run(&follower, &["lease", "timetolive", "--keys", &id]).await;
+    let prefix = format!("lease {id} granted with TTL(60s), remaining(");
+    assert!(ttl.starts_with(&prefix), "{ttl}");
+    assert!(ttl.trim_end().ends_with("s), attached keys([lk/a lk/b])"), "{ttl}");
+    let remaining: i64 = ttl[prefix.len()..].split('s').next().unwrap().parse().expect("remaining seconds");
+    assert!(remaining > 0 && remaining <= 60, "{ttl}");
+    assert_eq!(run(&leader, &["lease", "list"]).await, format!("found 1 leases\n{id}\n"));
+
+    assert_eq!(run(&leader, &["lease", "revoke", &id]).await.trim(), format!("lease {id} revoked"));
+    assert_eq!(run(&follower, &["get", "lk/", "--prefix"]).await, "");
+    assert_eq!(run(&follower, &["lease", "timetolive", &id]).await.trim(), format!("lease {id} already expired"));
+    let err = run_fail(&follower, &["put", &lease_flag, "lk/c", "3"], b"").await;
+    assert!(err.contains("etcdserver: requested lease not found"), "{err}");
+    let err = run_fail(&leader, &["lease", "revoke", &id], b"").await;
+    assert!(err.contains("etcdserver: requested lease not found"), "{err}");
+}

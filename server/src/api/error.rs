@@ -11,6 +11,8 @@ pub fn mvcc_status(e: MvccError) -> Status {
     let code = match &e {
         MvccError::Compacted { .. } | MvccError::FutureRevision { .. } => Code::OutOfRange,
         MvccError::LeaseNotFound { .. } => Code::NotFound,
+        MvccError::LeaseExists { .. } => Code::FailedPrecondition,
+        MvccError::LeaseTtlTooLarge { .. } => Code::OutOfRange,
         _ => Code::InvalidArgument,
     };
     let prefix = match &e {
@@ -52,6 +54,10 @@ mod tests {
         assert_eq!(s.message(), "etcdserver: duplicate key given in txn request");
         let s = mvcc_status(MvccError::LeaseNotFound { lease: 7 });
         assert_eq!((s.code(), s.message()), (Code::NotFound, "etcdserver: requested lease not found"));
+        let s = mvcc_status(MvccError::LeaseExists { lease: 7 });
+        assert_eq!((s.code(), s.message()), (Code::FailedPrecondition, "etcdserver: lease already exists"));
+        let s = mvcc_status(MvccError::LeaseTtlTooLarge { ttl_seconds: 9_000_000_001 });
+        assert_eq!((s.code(), s.message()), (Code::OutOfRange, "etcdserver: too large lease TTL"));
         let s = mvcc_status(MvccError::RequestTooLarge { bytes: 2, max: 1 });
         assert_eq!(s.message(), "etcdserver: request is too large");
         let s = raft_status(RaftNodeError::NoLeader);

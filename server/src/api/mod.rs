@@ -4,6 +4,7 @@
 mod convert;
 mod error;
 mod kv;
+mod lease;
 mod maintenance;
 mod unimplemented;
 mod watch;
@@ -14,6 +15,7 @@ use cairn_proto::etcdserverpb::ResponseHeader;
 
 pub use error::{mvcc_status, raft_status};
 pub use kv::KvService;
+pub use lease::LeaseService;
 pub use maintenance::MaintenanceService;
 pub use unimplemented::UnimplementedLayer;
 pub use watch::WatchService;

@@ -9,8 +9,13 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 /// gRPC services this member serves; every other path gets UNIMPLEMENTED.
-const SERVED_PREFIXES: [&str; 4] =
-    ["/etcdserverpb.KV/", "/etcdserverpb.Watch/", "/etcdserverpb.Maintenance/", "/cairn.peer.v1.Peer/"];
+const SERVED_PREFIXES: [&str; 5] = [
+    "/etcdserverpb.KV/",
+    "/etcdserverpb.Watch/",
+    "/etcdserverpb.Lease/",
+    "/etcdserverpb.Maintenance/",
+    "/cairn.peer.v1.Peer/",
+];
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UnimplementedLayer;

@@ -23,6 +23,10 @@ pub enum MvccError {
     LeaseProvided,
     #[error("requested lease not found")]
     LeaseNotFound { lease: i64 },
+    #[error("lease already exists")]
+    LeaseExists { lease: i64 },
+    #[error("too large lease TTL")]
+    LeaseTtlTooLarge { ttl_seconds: i64 },
     #[error("too many operations in txn request")]
     TooManyOps { max: usize },
     #[error("duplicate key given in txn request")]

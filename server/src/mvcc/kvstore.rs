@@ -2,11 +2,13 @@
 //! views, and exports or imports its whole state for Raft snapshots.
 
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
 use tokio::sync::broadcast;
 
+use super::lease_table::{self, LeaseRecord};
 use super::range::{decode, encode, execute_range, Source};
 use super::txn_check::validate_command;
 use super::write_txn::WriteTxn;
@@ -40,6 +42,9 @@ pub struct KvStore {
     /// The change feed: every committed revision, in order. Bounded: a subscriber
     /// that falls behind learns it lagged and must catch up from stored history.
     changes: broadcast::Sender<Change>,
+    /// Grows whenever the set of leases may have changed (grant, revoke, snapshot
+    /// install), so that the lessor rescans only then.
+    lease_generation: AtomicU64,
 }
 
 /// A consistent, read-only view of the store at one revision.
@@ -61,6 +66,21 @@ impl ReadView<'_> {
     pub fn meta(&self, key: &[u8]) -> Option<Vec<u8>> {
         read_meta(&self.snap, self.db, key)
     }
+
+    /// Lease `id`, if it is granted and not revoked.
+    pub fn lease(&self, id: i64) -> Option<LeaseRecord> {
+        lease_table::get(self.db, &self.snap, id)
+    }
+
+    /// Every lease, in ID order.
+    pub fn leases(&self) -> Vec<(i64, LeaseRecord)> {
+        lease_table::list(self.db, &self.snap)
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Vec<u8>> {
+        lease_table::attached_keys(self.db, &self.snap, id)
+    }
 }
 
 fn read_meta(snap: &SnapshotWithThreadMode<'_, DB>, db: &DB, key: &[u8]) -> Option<Vec<u8>> {
@@ -81,6 +101,7 @@ impl KvStore {
             applied: Mutex::new(Applied { revision: 0, compact_revision: 0 }),
             compactor,
             changes,
+            lease_generation: AtomicU64::new(0),
         });
         store.reload();
         store
@@ -100,6 +121,13 @@ impl KvStore {
         if view.compact_revision > finished {
             self.compactor.schedule(view.compact_revision);
         }
+        self.lease_generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// A number that grows whenever a lease was granted or revoked. Read it before
+    /// a [`KvStore::read_view`]: a view taken after it sees at least those changes.
+    pub fn lease_generation(&self) -> u64 {
+        self.lease_generation.load(Ordering::SeqCst)
     }
 
     /// Subscribes to the change feed. Everything committed after this call is
@@ -159,6 +187,13 @@ impl KvStore {
             Command::DeleteRange(r) => txn.delete_range(r).map(CommandResponse::DeleteRange),
             Command::Txn(r) => txn.txn(r).map(CommandResponse::Txn),
             Command::Compact { revision } => check_compact(*revision, &applied).map(|()| CommandResponse::Compact),
+            Command::LeaseGrant { id, ttl_seconds } => {
+                txn.lease_grant(*id, *ttl_seconds).map(|()| CommandResponse::LeaseGrant)
+            }
+            Command::LeaseRevoke { id } => txn.lease_revoke(*id).map(|()| CommandResponse::LeaseRevoke),
+            Command::LeaseCheckpoint { checkpoints } => {
+                txn.lease_checkpoint(checkpoints).map(|()| CommandResponse::LeaseCheckpoint)
+            }
         });
         let changed = result.is_ok() && txn.changed();
         let (mut batch, events) = if result.is_ok() { txn.into_parts() } else { (WriteBatch::default(), Vec::new()) };
@@ -175,6 +210,9 @@ impl KvStore {
         self.add_meta(&mut batch, meta);
         drop(snap);
         self.db.write_opt(batch, &unsynced())?;
+        if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
+            self.lease_generation.fetch_add(1, Ordering::SeqCst);
+        }
         applied.revision = revision;
         if changed {
             // Announced under the applier lock, so the feed is in revision order. No
@@ -436,6 +474,58 @@ mod tests {
         let from_compaction = s.read_view().history(r3, usize::MAX).unwrap();
         assert_eq!(from_compaction[0].events[0].kind, EventKind::Delete);
         assert!(matches!(s.read_view().history(r2, 10), Err(MvccError::Compacted { .. })));
+    }
+
+    fn put_leased(store: &KvStore, key: &str, lease: i64) -> Result<CommandResponse, MvccError> {
+        let cmd = Command::Put(PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() });
+        store.apply(&cmd, &[]).unwrap().result
+    }
+
+    #[test]
+    fn revoke_deletes_attached_keys_at_one_revision_and_snapshots_carry_leases() {
+        use crate::mvcc::LeaseCheckpoint;
+        let (_dir, s) = store();
+        assert_eq!(put_leased(&s, "a", 7), Err(MvccError::LeaseNotFound { lease: 7 }));
+        let generation = s.lease_generation();
+        let grant = |id| Command::LeaseGrant { id, ttl_seconds: 10 };
+        assert_eq!(s.apply(&grant(7), &[]).unwrap().result, Ok(CommandResponse::LeaseGrant));
+        assert_eq!(s.apply(&grant(7), &[]).unwrap().result, Err(MvccError::LeaseExists { lease: 7 }));
+        assert_eq!(s.apply(&grant(8), &[]).unwrap().revision, 1, "a grant changes no key");
+        assert!(s.lease_generation() > generation);
+        for key in ["a", "b", "moved", "gone"] {
+            put_leased(&s, key, 7).unwrap();
+        }
+        put_leased(&s, "moved", 8).unwrap();
+        let del = Command::DeleteRange(DeleteRangeRequest { key: "gone".into(), ..Default::default() });
+        s.apply(&del, &[]).unwrap();
+        assert_eq!(s.read_view().lease_keys(7), vec![b"a".to_vec(), b"b".to_vec()]);
+        let checkpoint = |grant| Command::LeaseCheckpoint {
+            checkpoints: vec![LeaseCheckpoint { id: 7, grant, remaining_ms: 4_000 }],
+        };
+        s.apply(&checkpoint(2), &[]).unwrap();
+        assert_eq!(s.read_view().lease(7).unwrap().remaining_ms, 0, "a checkpoint of another grant of 7");
+        s.apply(&checkpoint(1), &[]).unwrap();
+        assert_eq!(s.read_view().lease(7), Some(LeaseRecord { ttl_seconds: 10, remaining_ms: 4_000, grant: 1 }));
+        assert_eq!(s.read_view().lease(8).unwrap().grant, 2);
+
+        let mut data = Vec::new();
+        s.export(&mut data, &[]).unwrap();
+        let (_dir2, t) = store();
+        t.import(&mut data.as_slice()).unwrap();
+        assert_eq!(t.read_view().leases(), s.read_view().leases());
+        assert_eq!(t.read_view().lease_keys(8), vec![b"moved".to_vec()]);
+
+        let before = s.status().revision;
+        let outcome = s.apply(&Command::LeaseRevoke { id: 7 }, &[]).unwrap();
+        assert_eq!(outcome.revision, before + 1, "every attached key at one revision");
+        assert_eq!(get_at(&s, "a", 0).unwrap(), None);
+        assert_eq!(get_at(&s, "b", 0).unwrap(), None);
+        assert_eq!(get_at(&s, "a", before).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(get_at(&s, "moved", 0).unwrap(), Some(b"v".to_vec()));
+        assert_eq!(s.read_view().lease(7), None);
+        assert!(s.read_view().lease_keys(7).is_empty());
+        let again = s.apply(&Command::LeaseRevoke { id: 7 }, &[]).unwrap();
+        assert_eq!(again.result, Err(MvccError::LeaseNotFound { lease: 7 }));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The MVCC key space: revisions, per-key history, ranges, transactions and compaction.
+//! The MVCC key space: revisions, per-key history, ranges, transactions, compaction,
+//! and the leases that keys are attached to.
 //!
 //! This module knows RocksDB and its own request types; it knows nothing of gRPC or
 //! Raft. The Raft state machine (`crate::raft`) feeds it committed commands in log
@@ -8,6 +9,7 @@ mod compaction;
 mod error;
 mod history;
 mod kvstore;
+mod lease_table;
 mod range;
 mod request;
 mod txn_check;
@@ -16,6 +18,7 @@ mod write_txn;
 pub use compaction::Compactor;
 pub use error::MvccError;
 pub use kvstore::{decode_meta, encode_meta, KvStore, ReadView, StoreStatus};
+pub use lease_table::LeaseRecord;
 pub(crate) use range::RangeEnd;
 pub use request::*;
 pub use txn_check::{validate_command, validate_range};

@@ -175,6 +175,32 @@ pub enum Command {
     Compact {
         revision: Revision,
     },
+    /// Create lease `id` (nonzero, chosen before proposing so that every member
+    /// applies the same one) with a TTL already raised to the minimum.
+    LeaseGrant {
+        id: i64,
+        ttl_seconds: i64,
+    },
+    /// Delete every key attached to lease `id` at one revision, and the lease.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// Record the leader's remaining TTLs so that a new leader does not start them
+    /// over. Leases that no longer exist are skipped.
+    LeaseCheckpoint {
+        checkpoints: Vec<LeaseCheckpoint>,
+    },
+}
+
+/// A lease's remaining TTL as the leader saw it. `remaining_ms == 0` means "the
+/// whole granted TTL" (written when a keep-alive renews the lease). It applies only
+/// to the grant it was taken of (`LeaseRecord::grant`), not to a lease revoked and
+/// granted again under the same ID since.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseCheckpoint {
+    pub id: i64,
+    pub grant: u64,
+    pub remaining_ms: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -183,6 +209,9 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact,
+    LeaseGrant,
+    LeaseRevoke,
+    LeaseCheckpoint,
     /// A Raft entry that carried no command (blank or membership).
     None,
 }
@@ -204,6 +233,9 @@ impl Command {
             Command::DeleteRange(_) => "delete_range",
             Command::Txn(_) => "txn",
             Command::Compact { .. } => "compact",
+            Command::LeaseGrant { .. } => "lease_grant",
+            Command::LeaseRevoke { .. } => "lease_revoke",
+            Command::LeaseCheckpoint { .. } => "lease_checkpoint",
         }
     }
 }

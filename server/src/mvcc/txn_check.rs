@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use super::range::RangeEnd;
 use super::{Command, Compare, DeleteRangeRequest, MvccError, PutRequest, RangeRequest, RequestOp, TxnRequest};
-use crate::limits::TXN_DEPTH_MAX;
+use crate::limits::{LEASE_TTL_SECONDS_MAX, TXN_DEPTH_MAX};
 
 /// Validates a command the way etcd does before proposing it. `txn_ops_max` bounds
 /// compares and ops per branch.
@@ -19,7 +19,11 @@ pub fn validate_command(cmd: &Command, txn_ops_max: usize) -> Result<(), MvccErr
             check_intervals(&r.failure)?;
             Ok(())
         }
-        Command::Compact { .. } => Ok(()),
+        Command::Compact { .. } | Command::LeaseRevoke { .. } | Command::LeaseCheckpoint { .. } => Ok(()),
+        Command::LeaseGrant { ttl_seconds, .. } if *ttl_seconds > LEASE_TTL_SECONDS_MAX => {
+            Err(MvccError::LeaseTtlTooLarge { ttl_seconds: *ttl_seconds })
+        }
+        Command::LeaseGrant { .. } => Ok(()),
     }
 }
 

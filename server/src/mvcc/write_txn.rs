@@ -1,15 +1,18 @@
-//! One mutating request applied at one revision: puts, deletes and transactions,
-//! collected in a RocksDB write batch that commits all of it or none of it.
+//! One mutating request applied at one revision: puts, deletes, transactions and
+//! lease changes, collected in a RocksDB write batch that commits all of it or none
+//! of it.
 
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
 
+use super::lease_table::{self, LeaseRecord};
 use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
 use super::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
-    MvccError, OpResult, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision,
-    TxnRequest, TxnResponse,
+    LeaseCheckpoint, MvccError, OpResult, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseOp,
+    Revision, TxnRequest, TxnResponse,
 };
-use crate::schema::{self, CF_EVENTS, CF_HISTORY, CF_KV};
+use crate::limits::LEASE_TTL_SECONDS_MAX;
+use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_KV, CF_LEASES, CF_LEASE_KEYS, CF_META};
 
 /// A write in progress at revision `begin + 1`. Reads inside it see its own changes.
 pub(crate) struct WriteTxn<'a> {
@@ -91,10 +94,7 @@ impl<'a> WriteTxn<'a> {
     }
 
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
-        if req.lease != 0 {
-            // Leases are granted through the Lease API; until one exists, no ID names one.
-            return Err(MvccError::LeaseNotFound { lease: req.lease });
-        }
+        self.check_lease(req.lease)?;
         let prev = self.source().get_current(&req.key);
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
@@ -113,6 +113,7 @@ impl<'a> WriteTxn<'a> {
                 _ => req.value.clone(),
             },
         };
+        self.move_attachment(&req.key, prev.as_ref().map_or(0, |p| p.lease), record.lease);
         let prev = prev.map(|p| p.to_key_value(&req.key));
         self.record(&req.key, Some(record), prev.clone());
         let prev_kv = if req.prev_kv { prev } else { None };
@@ -126,6 +127,7 @@ impl<'a> WriteTxn<'a> {
             true
         });
         for kv in &doomed {
+            self.move_attachment(&kv.key, kv.lease, 0);
             self.record(&kv.key, None, Some(kv.clone()));
         }
         let deleted = doomed.len() as i64;
@@ -174,11 +176,12 @@ impl<'a> WriteTxn<'a> {
         let succeeded = *path.next().expect("a decision for every txn taken");
         for op in branch(req, succeeded) {
             match op {
-                RequestOp::Put(p) if p.lease != 0 => return Err(MvccError::LeaseNotFound { lease: p.lease }),
-                RequestOp::Put(p)
-                    if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() =>
-                {
-                    return Err(MvccError::KeyNotFound)
+                // etcd's order inside a Txn: the key first, then the lease.
+                RequestOp::Put(p) => {
+                    if (p.ignore_value || p.ignore_lease) && self.source().get_current(&p.key).is_none() {
+                        return Err(MvccError::KeyNotFound);
+                    }
+                    self.check_lease(p.lease)?;
                 }
                 RequestOp::Txn(t) => self.check_puts(t, path)?,
                 _ => {}
@@ -245,6 +248,81 @@ impl<'a> WriteTxn<'a> {
 /// What a delete event carries: the key and the deleting revision.
 pub(crate) fn tombstone(key: &[u8], rev: Revision) -> KeyValue {
     KeyValue { key: key.to_vec(), mod_revision: rev, ..Default::default() }
+}
+
+/// Lease changes. A lease's record and its attachment index change in the same
+/// batch as the keys, so that no member ever sees a key attached to a missing lease.
+impl WriteTxn<'_> {
+    fn check_lease(&self, lease: i64) -> Result<(), MvccError> {
+        if lease != 0 && lease_table::get(self.db, self.snap, lease).is_none() {
+            return Err(MvccError::LeaseNotFound { lease });
+        }
+        Ok(())
+    }
+
+    /// Moves `key`'s entry in the attachment index from lease `from` to lease `to`
+    /// (0 is no lease).
+    fn move_attachment(&mut self, key: &[u8], from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        let cf = schema::cf(self.db, CF_LEASE_KEYS);
+        if from != 0 {
+            self.batch.delete_cf(cf, schema::lease_attachment_key(from, key));
+        }
+        if to != 0 {
+            self.batch.put_cf(cf, schema::lease_attachment_key(to, key), []);
+        }
+    }
+
+    pub fn lease_grant(&mut self, id: i64, ttl_seconds: i64) -> Result<(), MvccError> {
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound { lease: id });
+        }
+        if ttl_seconds > LEASE_TTL_SECONDS_MAX {
+            return Err(MvccError::LeaseTtlTooLarge { ttl_seconds });
+        }
+        if lease_table::get(self.db, self.snap, id).is_some() {
+            return Err(MvccError::LeaseExists { lease: id });
+        }
+        let meta = schema::cf(self.db, CF_META);
+        let grants = self.snap.get_cf(meta, meta_keys::LEASE_GRANTS).expect("reading the lease grant count");
+        let grant = grants.map_or(0, |b| u64::from_be_bytes(b.as_slice().try_into().expect("8 bytes"))) + 1;
+        self.batch.put_cf(meta, meta_keys::LEASE_GRANTS, grant.to_be_bytes());
+        self.put_lease(id, &LeaseRecord { ttl_seconds, remaining_ms: 0, grant });
+        Ok(())
+    }
+
+    /// Deletes every attached key through the normal delete path (one DELETE event
+    /// and one tombstone each, all at this write's revision), then the lease.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(), MvccError> {
+        if lease_table::get(self.db, self.snap, id).is_none() {
+            return Err(MvccError::LeaseNotFound { lease: id });
+        }
+        for key in lease_table::attached_keys(self.db, self.snap, id) {
+            let deleted = self.delete_range(&DeleteRangeRequest { key, range_end: Vec::new(), prev_kv: false })?;
+            assert_eq!(deleted.deleted, 1, "lease {id:x} lists a key that is not live or not attached to it");
+        }
+        self.batch.delete_cf(schema::cf(self.db, CF_LEASES), schema::lease_key(id));
+        Ok(())
+    }
+
+    pub fn lease_checkpoint(&mut self, checkpoints: &[LeaseCheckpoint]) -> Result<(), MvccError> {
+        for cp in checkpoints {
+            // The lease may have been revoked after the leader took the checkpoint.
+            match lease_table::get(self.db, self.snap, cp.id) {
+                Some(record) if record.grant == cp.grant => {
+                    self.put_lease(cp.id, &LeaseRecord { remaining_ms: cp.remaining_ms.max(0), ..record })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn put_lease(&mut self, id: i64, record: &LeaseRecord) {
+        self.batch.put_cf(schema::cf(self.db, CF_LEASES), schema::lease_key(id), encode(record));
+    }
 }
 
 fn branch(req: &TxnRequest, succeeded: bool) -> &[RequestOp] {

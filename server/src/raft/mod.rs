@@ -2,6 +2,7 @@
 //! state machine adapter over [`crate::mvcc`], the peer network and service, and the
 //! node that turns client requests into proposals and linearizable reads.
 
+mod lease_forward;
 mod log_store;
 mod network;
 mod node;
@@ -14,6 +15,7 @@ use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use lease_forward::{LeaseCall, LeaseLeader};
 pub use log_store::LogStore;
 pub use network::PeerNetwork;
 pub use node::{RaftNode, RaftNodeError, RaftSettings};

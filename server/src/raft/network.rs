@@ -31,6 +31,7 @@ pub(crate) enum PeerRpc {
     InstallSnapshot,
     Forward,
     ReadIndex,
+    Lease,
 }
 
 /// Why a peer call failed before the peer could answer.
@@ -108,6 +109,7 @@ impl PeerNetwork {
                 PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
                 PeerRpc::Forward => client.forward(request).await,
                 PeerRpc::ReadIndex => client.read_index(request).await,
+                PeerRpc::Lease => client.lease(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {

@@ -2,6 +2,7 @@
 //! they arrive, and linearizable reads on any member through ReadIndex.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,13 @@ use std::time::Duration;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use rocksdb::DB;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
 use super::network::{PeerCallError, PeerRpc};
 use super::read_index::ReadBatcher;
-use super::{LogStore, Member, NodeId, PeerNetwork, Raft, StateMachine};
+use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT, PEER_FORWARD_TIMEOUT_MS,
     SNAPSHOT_CHUNK_BYTES_MAX,
@@ -143,10 +145,33 @@ impl RaftNode {
     }
 
     async fn write_via_leader(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        // Each NotLeader from `propose_local` means the command was not appended
+        // anywhere, so trying again cannot apply it twice.
+        self.on_leader(PeerRpc::Forward, &cmd, || self.propose_local(cmd.clone())).await
+    }
+
+    /// Runs a lease request on the leader: `local` here if this member leads, else on
+    /// the leader through the peer `Lease` RPC.
+    pub async fn lease_on_leader(&self, call: LeaseCall, local: &dyn LeaseLeader) -> Result<i64, RaftNodeError> {
+        let routed = self.on_leader(PeerRpc::Lease, &call, || local.serve(call));
+        match timeout(self.settings.request_timeout, routed).await {
+            Ok(result) => result,
+            Err(_) => Err(RaftNodeError::Timeout),
+        }
+    }
+
+    /// Runs a request only the leader answers: `local()` first, which answers
+    /// `NotLeader` on a member that does not lead; then `rpc` on the leader it names,
+    /// following leader changes a bounded number of times.
+    async fn on_leader<Req, Resp, F, Fut>(&self, rpc: PeerRpc, req: &Req, local: F) -> Result<Resp, RaftNodeError>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Resp, RaftNodeError>>,
+    {
         for _ in 0..FORWARD_ATTEMPTS_MAX {
-            // Each NotLeader below means the command was not appended anywhere, so
-            // trying again cannot apply it twice.
-            let leader = match self.propose_local(cmd.clone()).await {
+            let leader = match local().await {
                 Err(RaftNodeError::NotLeader { leader }) => leader,
                 other => return other,
             };
@@ -162,11 +187,7 @@ impl RaftNode {
                 continue;
             };
             let timeout = Duration::from_millis(PEER_FORWARD_TIMEOUT_MS);
-            match self
-                .net
-                .call::<_, Result<ApplyOutcome, RaftNodeError>>(target, &node, PeerRpc::Forward, &cmd, timeout)
-                .await
-            {
+            match self.net.call::<_, Result<Resp, RaftNodeError>>(target, &node, rpc, req, timeout).await {
                 Ok(Err(RaftNodeError::NotLeader { .. }))
                 | Err(PeerCallError::BadAddress { .. })
                 | Err(PeerCallError::Unreachable { .. }) => {
@@ -174,7 +195,7 @@ impl RaftNode {
                 }
                 Ok(result) => return result,
                 Err(e) => {
-                    tracing::warn!(leader = format_args!("{target:x}"), error = %e, "forwarding a write to the leader failed");
+                    tracing::warn!(leader = format_args!("{target:x}"), ?rpc, error = %e, "forwarding to the leader failed");
                     return Err(RaftNodeError::OutcomeUnknown);
                 }
             }
@@ -182,8 +203,42 @@ impl RaftNode {
         Err(RaftNodeError::NoLeader)
     }
 
+    /// The current term if this member leads and has applied an entry of that term
+    /// (so every entry committed by earlier leaders too); `None` otherwise.
+    pub fn leading_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let caught_up = m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term);
+        (m.state == ServerState::Leader && caught_up).then_some(m.current_term)
+    }
+
+    /// Waits (bounded) until [`RaftNode::leading_term`] answers; `NotLeader` at once,
+    /// or as soon as this member stops leading.
+    pub async fn wait_leading(&self) -> Result<u64, RaftNodeError> {
+        let mut rx = self.raft.metrics();
+        let not_leader =
+            |m: &openraft::RaftMetrics<NodeId, Member>| RaftNodeError::NotLeader { leader: m.current_leader };
+        let settled = async {
+            let m = rx
+                .wait_for(|m| {
+                    m.state != ServerState::Leader || m.last_applied.is_some_and(|l| l.leader_id.term == m.current_term)
+                })
+                .await
+                .map_err(|_| RaftNodeError::Stopped)?;
+            if m.state == ServerState::Leader {
+                Ok(m.current_term)
+            } else {
+                Err(not_leader(&m))
+            }
+        };
+        match timeout(self.settings.request_timeout, settled).await {
+            Ok(result) => result,
+            Err(_) => Err(RaftNodeError::Timeout),
+        }
+    }
+
     /// Proposes `cmd` on this member, which must be the leader.
-    pub(crate) async fn propose_local(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+    pub async fn propose_local(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -281,8 +336,9 @@ impl RaftNode {
         }
     }
 
-    /// A ReadIndex round for a follower: only the leader answers.
-    pub(crate) async fn leader_read_index(&self) -> Result<u64, RaftNodeError> {
+    /// A ReadIndex round for a follower (or the lessor): only the leader answers,
+    /// after confirming with a quorum that it still leads.
+    pub async fn leader_read_index(&self) -> Result<u64, RaftNodeError> {
         let raft = self.raft.clone();
         let round = self.leader_reads.read_index(move || {
             let raft = raft.clone();

@@ -1,5 +1,6 @@
-//! The peer gRPC service: Raft RPCs from other members, writes forwarded by
-//! followers, and ReadIndex requests. Messages from another cluster are refused.
+//! The peer gRPC service: Raft RPCs from other members, writes and lease requests
+//! forwarded by followers, and ReadIndex requests. Messages from another cluster are
+//! refused.
 
 use std::sync::Arc;
 
@@ -10,16 +11,17 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::{NodeId, RaftNode, TypeConfig};
+use super::{LeaseCall, LeaseLeader, NodeId, RaftNode, TypeConfig};
 use crate::mvcc::Command;
 
 pub struct PeerService {
     node: Arc<RaftNode>,
+    leases: Arc<dyn LeaseLeader>,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<RaftNode>) -> Self {
-        PeerService { node }
+    pub fn new(node: Arc<RaftNode>, leases: Arc<dyn LeaseLeader>) -> Self {
+        PeerService { node, leases }
     }
 
     fn open<T: DeserializeOwned>(&self, req: Request<PeerMessage>) -> Result<(NodeId, T), Status> {
@@ -71,5 +73,10 @@ impl Peer for PeerService {
     async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let (_, ()) = self.open(req)?;
         Ok(self.reply(&self.node.leader_read_index().await))
+    }
+
+    async fn lease(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, call): (_, LeaseCall) = self.open(req)?;
+        Ok(self.reply(&self.leases.serve(call).await))
     }
 }
