@@ -439,3 +439,34 @@ async fn progress_notify_reports_the_revision_to_an_idle_watch() {
     assert_eq!(resp.watch_id(), watcher.watch_id());
     assert!(resp.header().unwrap().revision() >= written);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_revoke_and_expiry_reach_watchers_as_deletes_at_one_revision() {
+    let cluster = Cluster::start(3).await;
+    let mut c = cluster.client(0).await;
+    let mut w = stream_client(&cluster.endpoint(1)).await.unwrap();
+    let (_watcher, mut stream) = ok("watch", w.watch("l/", Some(WatchOptions::new().with_prefix()))).await;
+    for (lease_ttl, revoke) in [(60, true), (2, false)] {
+        let lease = ok("grant", c.lease_grant(lease_ttl, None)).await.id();
+        for k in ["l/a", "l/b"] {
+            ok("put", c.put(k, "v", Some(etcd_client::PutOptions::new().with_lease(lease)))).await;
+        }
+        if revoke {
+            ok("revoke", c.lease_revoke(lease)).await;
+        }
+        // Two puts, then both deletes together (expiry: within a bounded wait).
+        let mut events = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while events.len() < 4 {
+            assert!(Instant::now() < deadline, "lease {lease:x} ended without delete events: {events:?}");
+            if let Ok(Ok(Some(resp))) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await {
+                events.extend(seen(&resp));
+            }
+        }
+        let deletes: Vec<&Seen> = events.iter().filter(|s| !s.put).collect();
+        assert_eq!(deletes.len(), 2, "{events:?}");
+        assert_eq!(deletes[0].rev, deletes[1].rev, "attached keys deleted at different revisions");
+        let keys: Vec<&[u8]> = deletes.iter().map(|s| s.key.as_slice()).collect();
+        assert_eq!(keys, vec![&b"l/a"[..], &b"l/b"[..]]);
+    }
+}
