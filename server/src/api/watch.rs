@@ -175,3 +175,25 @@ fn fragments(whole: pb::WatchResponse, bytes_max: usize) -> Vec<pb::WatchRespons
     out.push(pb::WatchResponse { events: current, ..template });
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_responses_split_into_fragments_marked_all_but_last() {
+        let event = |i: u8| mvccpb::Event {
+            r#type: 0,
+            kv: Some(mvccpb::KeyValue { key: vec![i], value: vec![i; 400], mod_revision: 9, ..Default::default() }),
+            prev_kv: None,
+        };
+        let whole = pb::WatchResponse { watch_id: 3, events: (0..10).map(event).collect(), ..Default::default() };
+        let parts = fragments(whole.clone(), 1_000);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.encoded_len() <= 1_000 + 450), "a fragment overshoots by at most one event");
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.fragment) && !parts.last().unwrap().fragment);
+        let rejoined: Vec<mvccpb::Event> = parts.iter().flat_map(|p| p.events.clone()).collect();
+        assert_eq!(rejoined, whole.events);
+        assert!(parts.iter().all(|p| p.watch_id == 3));
+    }
+}
