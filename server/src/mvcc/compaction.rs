@@ -25,8 +25,20 @@ pub struct Compactor {
     /// number replaces a queue.
     wanted: Arc<AtomicI64>,
     /// Wakes the thread; one slot is enough, since it reads `wanted` when it wakes.
-    wake: mpsc::SyncSender<()>,
+    wake: Option<mpsc::SyncSender<()>>,
     finished: watch::Sender<Revision>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Compactor {
+    /// Stops the thread and waits for it, so that the database it holds is closed
+    /// before the store's owner goes on.
+    fn drop(&mut self) {
+        self.wake.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Compactor {
@@ -36,7 +48,7 @@ impl Compactor {
         let (finished, _) = watch::channel(0);
         let done = finished.clone();
         let target_of = wanted.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("cairn-compactor".into())
             .spawn(move || {
                 while woken.recv().is_ok() {
@@ -55,7 +67,7 @@ impl Compactor {
                 }
             })
             .expect("spawning the compactor thread");
-        Compactor { wanted, wake, finished }
+        Compactor { wanted, wake: Some(wake), finished, thread: Some(thread) }
     }
 
     /// Sets the revision up to which history is known to be removed.
@@ -67,7 +79,9 @@ impl Compactor {
     pub(crate) fn schedule(&self, revision: Revision) {
         self.wanted.fetch_max(revision, Ordering::AcqRel);
         // Full means a wake-up is already pending, which will see `wanted`.
-        let _ = self.wake.try_send(());
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
     }
 
     /// Waits until history below `revision` has been physically removed.

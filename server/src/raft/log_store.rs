@@ -6,7 +6,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
@@ -14,6 +14,7 @@ use openraft::{StorageIOError, Vote};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::mpsc;
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::limits::LOG_FLUSH_BATCH_MAX;
@@ -22,25 +23,43 @@ use crate::schema::{self, raft_state_keys, CF_RAFT_LOG, CF_RAFT_STATE};
 /// Called once the appended entries are durable (or the sync failed).
 type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
+/// The group-commit thread. Dropping it (with the last clone of the store) closes
+/// its queue and joins it, so that the database it holds is closed before the
+/// owner goes on: RocksDB must not be closed by a thread the process has forgotten.
+struct Syncer {
+    flushes: Option<mpsc::Sender<FlushDone>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.flushes.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The log store; cheap to clone (a clone is also its log reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    flushes: mpsc::SyncSender<FlushDone>,
+    syncer: Arc<Syncer>,
     syncs: Arc<AtomicU64>,
 }
 
 impl LogStore {
     pub fn open(db: Arc<DB>) -> Self {
-        let (flushes, rx) = mpsc::sync_channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+        let (flushes, mut rx) = mpsc::channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
         let syncs = Arc::new(AtomicU64::new(0));
         let syncer_db = db.clone();
         let counter = syncs.clone();
-        thread::Builder::new()
+        let thread = thread::Builder::new()
             .name("cairn-log-sync".into())
-            .spawn(move || group_commit(&rx, || sync_wal(&syncer_db, &counter)))
+            .spawn(move || group_commit(&mut rx, || sync_wal(&syncer_db, &counter)))
             .expect("spawning the log sync thread");
-        LogStore { db, flushes, syncs }
+        let syncer = Arc::new(Syncer { flushes: Some(flushes), thread: Some(thread) });
+        LogStore { db, syncer, syncs }
     }
 
     /// How many fsyncs the group committer has done.
@@ -83,9 +102,9 @@ fn sync_wal(db: &DB, syncs: &AtomicU64) -> Result<(), rocksdb::Error> {
 
 /// Takes every append queued so far, syncs once for all of them, and acknowledges
 /// them; repeats until the store is dropped.
-fn group_commit<E: std::fmt::Display>(rx: &mpsc::Receiver<FlushDone>, mut sync: impl FnMut() -> Result<(), E>) {
+fn group_commit<E: std::fmt::Display>(rx: &mut mpsc::Receiver<FlushDone>, mut sync: impl FnMut() -> Result<(), E>) {
     let mut pending = Vec::new();
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         pending.push(first);
         while pending.len() < LOG_FLUSH_BATCH_MAX {
             match rx.try_recv() {
@@ -189,8 +208,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written now so that readers see the entries; durable once the group
         // committer has synced the WAL, which is when openraft hears of it.
         self.write(batch, false).map_err(write_err)?;
-        self.flushes
+        let flushes = self.syncer.flushes.as_ref().expect("the sync queue closes only on drop");
+        // Waits (without blocking a runtime thread) only if the queue is full.
+        flushes
             .send(Box::new(move |result| callback.log_io_completed(result)))
+            .await
             .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
     }
 
@@ -222,15 +244,15 @@ mod tests {
 
     #[test]
     fn queued_appends_share_one_fsync() {
-        let (tx, rx) = mpsc::sync_channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+        let (tx, mut rx) = mpsc::channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
         let acked = Arc::new(Mutex::new(Vec::new()));
         for i in 0..100 {
             let acked = acked.clone();
-            tx.send(Box::new(move |r| acked.lock().unwrap().push((i, r.is_ok())))).unwrap();
+            tx.try_send(Box::new(move |r| acked.lock().unwrap().push((i, r.is_ok())))).unwrap();
         }
         drop(tx);
         let mut syncs = 0;
-        group_commit(&rx, || {
+        group_commit(&mut rx, || {
             syncs += 1;
             Ok::<(), String>(())
         });
@@ -242,11 +264,11 @@ mod tests {
 
     #[test]
     fn a_failed_fsync_fails_every_append_it_covered() {
-        let (tx, rx) = mpsc::sync_channel::<FlushDone>(8);
+        let (tx, mut rx) = mpsc::channel::<FlushDone>(8);
         let failures = Arc::new(AtomicU64::new(0));
         for _ in 0..3 {
             let failures = failures.clone();
-            tx.send(Box::new(move |r| {
+            tx.try_send(Box::new(move |r| {
                 if r.is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -254,7 +276,7 @@ mod tests {
             .unwrap();
         }
         drop(tx);
-        group_commit(&rx, || Err("disk gone"));
+        group_commit(&mut rx, || Err("disk gone"));
         assert_eq!(failures.load(Ordering::Relaxed), 3);
     }
 }
