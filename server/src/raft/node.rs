@@ -49,8 +49,13 @@ pub enum RaftNodeError {
     /// have been applied.
     #[error("request timed out, possibly due to connection lost")]
     OutcomeUnknown,
+    /// Not the leader when asked: nothing was proposed.
     #[error("not leader")]
     NotLeader { leader: Option<NodeId> },
+    /// Leadership changed while the request was being proposed: it may or may not
+    /// have been applied.
+    #[error("leader changed")]
+    LeaderChanged,
     #[error("server stopped")]
     Stopped,
 }
@@ -239,11 +244,23 @@ impl RaftNode {
 
     /// Proposes `cmd` on this member, which must be the leader.
     pub async fn propose_local(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        {
+            // Not the leader now: nothing is submitted, so the caller may safely try
+            // the leader instead.
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            if m.state != ServerState::Leader {
+                return Err(RaftNodeError::NotLeader { leader: m.current_leader });
+            }
+        }
         match self.raft.client_write(cmd).await {
             Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(RaftNodeError::NotLeader { leader: f.leader_id })
-            }
+            // openraft answers ForwardToLeader both to a request that arrived just
+            // after this member lost leadership and to one whose entry it had already
+            // appended (and perhaps replicated) before a new leader truncated it here;
+            // such an entry may still be committed by a later leader. Retrying could
+            // apply it twice, so the outcome is reported as unknown, as etcd does.
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(RaftNodeError::LeaderChanged),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
                 unreachable!("a normal write cannot fail with a membership error: {e}")
             }
@@ -275,9 +292,14 @@ impl RaftNode {
             Some(index) => index,
             None => {
                 let node = self.clone();
+                // The runner of these rounds serves later readers too: each round takes
+                // its own deadline, never the first reader's.
                 let round = self.local_reads.read_index(move || {
                     let node = node.clone();
-                    async move { node.fetch_read_index(deadline).await }
+                    async move {
+                        let round_deadline = Instant::now() + node.settings.request_timeout;
+                        node.fetch_read_index(round_deadline).await
+                    }
                 });
                 timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
             }
