@@ -1,7 +1,8 @@
 //! The watch hub: registers watchers, feeds synced ones from the change feed, and
 //! brings unsynced ones forward from stored history.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -107,17 +108,23 @@ impl Watcher {
 struct StreamSlot {
     tx: mpsc::Sender<StreamMessage>,
     next_auto_id: WatchId,
+    /// The revision a pending progress request waits for; later requests raise it
+    /// instead of waiting on their own.
+    progress_wanted: Option<Revision>,
 }
 
 #[derive(Default)]
 struct HubState {
     /// Every revision up to this one has reached every synced watcher.
     dispatched: Revision,
-    watchers: HashMap<WatcherKey, Watcher>,
+    /// Ordered so that one stream's watchers are a contiguous range.
+    watchers: BTreeMap<WatcherKey, Watcher>,
     index: WatchIndex,
     unsynced: BTreeSet<WatcherKey>,
     streams: HashMap<StreamId, StreamSlot>,
     next_stream: StreamId,
+    /// Where the last catch-up round started, so that rounds take turns.
+    catch_up_cursor: Option<WatcherKey>,
 }
 
 impl HubState {
@@ -150,9 +157,15 @@ impl HubState {
         true
     }
 
+    fn stream_watchers(&self, stream: StreamId) -> impl Iterator<Item = (&WatcherKey, &Watcher)> {
+        let first = WatcherKey { stream, watch: WatchId::MIN };
+        let last = WatcherKey { stream, watch: WatchId::MAX };
+        self.watchers.range(first..=last)
+    }
+
     fn close_stream(&mut self, stream: StreamId) {
         self.streams.remove(&stream);
-        let doomed: Vec<WatcherKey> = self.watchers.keys().filter(|k| k.stream == stream).copied().collect();
+        let doomed: Vec<WatcherKey> = self.stream_watchers(stream).map(|(k, _)| *k).collect();
         for key in doomed {
             self.remove(key);
         }
@@ -216,7 +229,7 @@ impl WatchHub {
         let mut state = self.lock();
         let id = state.next_stream;
         state.next_stream += 1;
-        state.streams.insert(id, StreamSlot { tx, next_auto_id: 0 });
+        state.streams.insert(id, StreamSlot { tx, next_auto_id: 0, progress_wanted: None });
         (StreamGuard { hub: Arc::downgrade(self), id }, rx)
     }
 
@@ -292,21 +305,36 @@ impl WatchHub {
         Ok(())
     }
 
-    /// Sends a stream-wide progress message at `revision` once every watch of the
-    /// stream has been sent every event up to it.
+    /// Sends a stream-wide progress message at `revision` (or later) once every watch
+    /// of the stream has been sent every event up to it. One waiter per stream: a
+    /// request that finds one pending raises its revision and returns.
     pub async fn progress(&self, stream: StreamId, revision: Revision) -> Result<(), WatchError> {
+        {
+            let mut state = self.lock();
+            let slot = state.streams.get_mut(&stream).ok_or(WatchError::StreamClosed)?;
+            if let Some(wanted) = slot.progress_wanted.as_mut() {
+                *wanted = (*wanted).max(revision);
+                return Ok(());
+            }
+            slot.progress_wanted = Some(revision);
+        }
         loop {
             let ready = {
-                let state = self.lock();
-                if !state.streams.contains_key(&stream) {
-                    return Err(WatchError::StreamClosed);
+                let mut state = self.lock();
+                let wanted =
+                    state.streams.get(&stream).and_then(|s| s.progress_wanted).ok_or(WatchError::StreamClosed)?;
+                let passed = state.stream_watchers(stream).all(|(_, w)| state.next_of(w) > wanted);
+                if passed {
+                    let slot = state.streams.get_mut(&stream).expect("checked above");
+                    slot.progress_wanted = None;
+                    Some((wanted, slot.tx.clone()))
+                } else {
+                    None
                 }
-                state.watchers.iter().filter(|(k, _)| k.stream == stream).all(|(_, w)| state.next_of(w) > revision)
             };
-            if ready {
-                let tx = self.sender(stream)?;
+            if let Some((wanted, tx)) = ready {
                 return tx
-                    .send(StreamMessage::Progress { watch_id: -1, revision })
+                    .send(StreamMessage::Progress { watch_id: -1, revision: wanted })
                     .await
                     .map_err(|_| WatchError::StreamClosed);
             }
@@ -375,20 +403,29 @@ impl WatchHub {
         self.catch_up.notify_one();
     }
 
-    /// One round of catch-up; returns whether watchers remain behind.
+    /// One round of catch-up; returns whether watchers remain behind. Rounds take
+    /// turns: each starts at the watcher after the previous round's first, reads
+    /// history from that watcher's next revision, and serves every watcher in the
+    /// round that needs exactly that stretch, so no watcher far behind holds the
+    /// others back and none waits forever.
     fn catch_up_round(&self) -> bool {
-        let behind: Vec<(WatcherKey, Revision)> = {
-            let state = self.lock();
-            state
+        let (behind, from) = {
+            let mut state = self.lock();
+            let after = state.catch_up_cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            let upto = state.catch_up_cursor.map_or(Bound::Unbounded, Bound::Included);
+            let has_room = |k: &WatcherKey| state.streams.get(&k.stream).is_some_and(|s| s.tx.capacity() > 0);
+            let behind: Vec<(WatcherKey, Revision)> = state
                 .unsynced
-                .iter()
-                // A stream with no room would refuse what we read: skip it this round.
-                .filter(|k| state.streams.get(&k.stream).is_some_and(|s| s.tx.capacity() > 0))
+                .range((after, Bound::Unbounded))
+                .chain(state.unsynced.range((Bound::Unbounded, upto)))
+                .filter(|k| has_room(k))
                 .take(WATCH_CATCHUP_WATCHERS_PER_ROUND_MAX)
                 .filter_map(|k| state.watchers.get(k).map(|w| (*k, w.next)))
-                .collect()
+                .collect();
+            let Some(&(first, from)) = behind.first() else { return !state.unsynced.is_empty() };
+            state.catch_up_cursor = Some(first);
+            (behind, from)
         };
-        let Some(from) = behind.iter().map(|(_, next)| *next).min() else { return !self.lock().unsynced.is_empty() };
         let view = self.store.read_view();
         let history = match view.history(from, WATCH_CATCHUP_EVENTS_MAX) {
             Ok(h) => h,
@@ -407,15 +444,28 @@ impl WatchHub {
         };
         drop(view);
         let mut state = self.lock();
-        for (key, _) in behind {
-            self.bring_forward(&mut state, key, &history, read_to);
+        for (key, next) in behind {
+            // Watchers behind `from` wait for their own turn; one past `read_to` needs
+            // none of this.
+            if next >= from && next <= read_to {
+                self.bring_forward(&mut state, key, next, &history, read_to);
+            }
         }
         !state.unsynced.is_empty()
     }
 
-    fn bring_forward(&self, state: &mut HubState, key: WatcherKey, history: &[RevisionEvents], read_to: Revision) {
+    /// Sends `key` what it needs of `history`, if it is still the watcher that
+    /// needed revision `next` (not cancelled and recreated under the same ID).
+    fn bring_forward(
+        &self,
+        state: &mut HubState,
+        key: WatcherKey,
+        next: Revision,
+        history: &[RevisionEvents],
+        read_to: Revision,
+    ) {
         let Some(w) = state.watchers.get(&key) else { return };
-        if w.synced || w.next > read_to {
+        if w.synced || w.next != next {
             return;
         }
         let mut events = Vec::new();
@@ -448,7 +498,8 @@ impl WatchHub {
     fn cancel_compacted(&self, behind: &[(WatcherKey, Revision)], compact_revision: Revision) {
         let mut state = self.lock();
         for (key, next) in behind {
-            if *next >= compact_revision {
+            let still = state.watchers.get(key).is_some_and(|w| !w.synced && w.next == *next);
+            if *next >= compact_revision || !still {
                 continue;
             }
             let Some(slot) = state.streams.get(&key.stream) else { continue };
