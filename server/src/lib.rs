@@ -10,6 +10,7 @@
 //! - [`server`]: wires a member together from its [`config`].
 
 pub mod api;
+mod background;
 pub mod bootstrap;
 pub mod config;
 pub mod lease;

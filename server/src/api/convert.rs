@@ -9,7 +9,7 @@ use tonic::Status;
 
 use crate::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse,
-    RangeRequest, RangeResponse, RequestOp, ResponseOp, Revision, SortOrder, SortTarget, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget, TxnRequest, TxnResponse,
 };
 
 fn invalid_sort() -> Status {
@@ -160,9 +160,4 @@ pub fn txn_response(r: TxnResponse, header: Option<pb::ResponseHeader>) -> pb::T
         })
         .collect();
     pb::TxnResponse { header, succeeded: r.succeeded, responses }
-}
-
-/// The revision a compaction request names, checked for sign.
-pub fn compact_revision(r: &pb::CompactionRequest) -> Revision {
-    r.revision
 }

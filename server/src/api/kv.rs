@@ -92,7 +92,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         let bytes = request.get_ref().encoded_len();
         let req = request.into_inner();
-        let revision = convert::compact_revision(&req);
+        let revision = req.revision;
         match self.propose(Command::Compact { revision }, bytes).await? {
             (CommandResponse::Compact, rev) => {
                 if req.physical {

@@ -9,13 +9,13 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread;
 
 use rocksdb::{WriteBatch, DB};
 use tokio::sync::watch;
 
 use super::range::{decode, KvRecord};
 use super::Revision;
+use crate::background::Worker;
 use crate::limits::COMPACTION_BATCH_KEYS_MAX;
 use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_META};
 
@@ -24,21 +24,10 @@ pub struct Compactor {
     /// The highest revision asked for; only the newest request matters, so one
     /// number replaces a queue.
     wanted: Arc<AtomicI64>,
-    /// Wakes the thread; one slot is enough, since it reads `wanted` when it wakes.
-    wake: Option<mpsc::SyncSender<()>>,
+    /// The thread, woken through a one-slot channel (it reads `wanted` when it
+    /// wakes); stopped and joined when the compactor is dropped.
+    worker: Worker<mpsc::SyncSender<()>>,
     finished: watch::Sender<Revision>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for Compactor {
-    /// Stops the thread and waits for it, so that the database it holds is closed
-    /// before the store's owner goes on.
-    fn drop(&mut self) {
-        self.wake.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl Compactor {
@@ -48,26 +37,25 @@ impl Compactor {
         let (finished, _) = watch::channel(0);
         let done = finished.clone();
         let target_of = wanted.clone();
-        let thread = thread::Builder::new()
-            .name("cairn-compactor".into())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    let target = target_of.load(Ordering::Acquire);
-                    let from = *done.borrow();
-                    if target <= from {
-                        continue;
+        let worker = Worker::spawn("cairn-compactor", wake, move || {
+            while woken.recv().is_ok() {
+                let target = target_of.load(Ordering::Acquire);
+                let from = *done.borrow();
+                if target <= from {
+                    continue;
+                }
+                match compact(&db, from, target) {
+                    Ok(()) => {
+                        tracing::info!(compact_revision = target, "finished physical compaction");
+                        done.send_replace(target);
                     }
-                    match compact(&db, from, target) {
-                        Ok(()) => {
-                            tracing::info!(compact_revision = target, "finished physical compaction");
-                            done.send_replace(target);
-                        }
-                        Err(e) => tracing::error!(compact_revision = target, error = %e, "physical compaction failed; will retry on the next compaction"),
+                    Err(e) => {
+                        tracing::error!(compact_revision = target, error = %e, "physical compaction failed; will retry on the next compaction")
                     }
                 }
-            })
-            .expect("spawning the compactor thread");
-        Compactor { wanted, wake: Some(wake), finished, thread: Some(thread) }
+            }
+        });
+        Compactor { wanted, worker, finished }
     }
 
     /// Sets the revision up to which history is known to be removed.
@@ -79,9 +67,7 @@ impl Compactor {
     pub(crate) fn schedule(&self, revision: Revision) {
         self.wanted.fetch_max(revision, Ordering::AcqRel);
         // Full means a wake-up is already pending, which will see `wanted`.
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
+        let _ = self.worker.sender().try_send(());
     }
 
     /// Waits until history below `revision` has been physically removed.

@@ -5,9 +5,7 @@
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{StorageIOError, Vote};
@@ -17,54 +15,28 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use crate::background::Worker;
 use crate::limits::LOG_FLUSH_BATCH_MAX;
 use crate::schema::{self, raft_state_keys, CF_RAFT_LOG, CF_RAFT_STATE};
 
 /// Called once the appended entries are durable (or the sync failed).
 type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
-/// The group-commit thread. Dropping it (with the last clone of the store) closes
-/// its queue and joins it, so that the database it holds is closed before the
-/// owner goes on: RocksDB must not be closed by a thread the process has forgotten.
-struct Syncer {
-    flushes: Option<mpsc::Sender<FlushDone>>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.flushes.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The log store; cheap to clone (a clone is also its log reader).
+/// The log store; cheap to clone (a clone is also its log reader). The group-commit
+/// thread stops and is joined when the last clone is dropped.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: Arc<Syncer>,
-    syncs: Arc<AtomicU64>,
+    syncer: Arc<Worker<mpsc::Sender<FlushDone>>>,
 }
 
 impl LogStore {
     pub fn open(db: Arc<DB>) -> Self {
         let (flushes, mut rx) = mpsc::channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
-        let syncs = Arc::new(AtomicU64::new(0));
         let syncer_db = db.clone();
-        let counter = syncs.clone();
-        let thread = thread::Builder::new()
-            .name("cairn-log-sync".into())
-            .spawn(move || group_commit(&mut rx, || sync_wal(&syncer_db, &counter)))
-            .expect("spawning the log sync thread");
-        let syncer = Arc::new(Syncer { flushes: Some(flushes), thread: Some(thread) });
-        LogStore { db, syncer, syncs }
-    }
-
-    /// How many fsyncs the group committer has done.
-    pub fn sync_count(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        let syncer =
+            Worker::spawn("cairn-log-sync", flushes, move || group_commit(&mut rx, || syncer_db.flush_wal(true)));
+        LogStore { db, syncer: Arc::new(syncer) }
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, rocksdb::Error> {
@@ -93,11 +65,6 @@ impl LogStore {
         it.status()?;
         Ok(it.value().map(|v| decode_entry(v).log_id))
     }
-}
-
-fn sync_wal(db: &DB, syncs: &AtomicU64) -> Result<(), rocksdb::Error> {
-    syncs.fetch_add(1, Ordering::Relaxed);
-    db.flush_wal(true)
 }
 
 /// Takes every append queued so far, syncs once for all of them, and acknowledges
@@ -208,9 +175,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Written now so that readers see the entries; durable once the group
         // committer has synced the WAL, which is when openraft hears of it.
         self.write(batch, false).map_err(write_err)?;
-        let flushes = self.syncer.flushes.as_ref().expect("the sync queue closes only on drop");
         // Waits (without blocking a runtime thread) only if the queue is full.
-        flushes
+        self.syncer
+            .sender()
             .send(Box::new(move |result| callback.log_io_completed(result)))
             .await
             .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
@@ -240,6 +207,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
 
     #[test]
