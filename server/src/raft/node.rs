@@ -292,14 +292,9 @@ impl RaftNode {
             Some(index) => index,
             None => {
                 let node = self.clone();
-                // The runner of these rounds serves later readers too: each round takes
-                // its own deadline, never the first reader's.
                 let round = self.local_reads.read_index(move || {
                     let node = node.clone();
-                    async move {
-                        let round_deadline = Instant::now() + node.settings.request_timeout;
-                        node.fetch_read_index(round_deadline).await
-                    }
+                    async move { node.fetch_read_index().await }
                 });
                 timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
             }
@@ -329,8 +324,12 @@ impl RaftNode {
     }
 
     /// One ReadIndex round: on the leader, confirm leadership with a quorum; on a
-    /// follower, ask the leader. Retries across leader changes until `deadline`.
-    async fn fetch_read_index(&self, deadline: Instant) -> Result<u64, RaftNodeError> {
+    /// follower, ask the leader. Retries across leader changes for one request timeout.
+    ///
+    /// A round takes nothing from the reader that started it: the batcher's runner
+    /// serves later readers with later rounds, so each round has its own deadline.
+    async fn fetch_read_index(&self) -> Result<u64, RaftNodeError> {
+        let deadline = Instant::now() + self.settings.request_timeout;
         loop {
             match self.raft.get_read_log_id().await {
                 Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
