@@ -69,15 +69,15 @@ pub fn cluster_id(member_ids: impl IntoIterator<Item = NodeId>, token: &str) -> 
     hash_u64(&[b"cairn-cluster", &ids, token.as_bytes()])
 }
 
-/// The initial members as Raft sees them.
+/// The initial members as Raft sees them. Identical on every initial member (each
+/// forms the cluster with it): client URLs are published later by each member.
 pub fn initial_members(config: &Config) -> BTreeMap<NodeId, Member> {
     config
         .initial_cluster
         .iter()
         .map(|(name, urls)| {
             let id = member_id(urls, &config.initial_cluster_token);
-            let client_urls = if *name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
-            (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls, pending_voter: false })
+            (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls: Vec::new(), pending_voter: false })
         })
         .collect()
 }

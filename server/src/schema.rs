@@ -94,11 +94,12 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
 }
 
-/// Bytes the database takes on disk (SST files plus memtables), and an estimate of
-/// the bytes that hold live data.
+/// Bytes the state machine takes on disk (SST files plus memtables), and an estimate
+/// of the bytes that hold live data. Like etcd's backend size, it leaves out the Raft
+/// log (etcd's WAL), which is purged behind snapshots.
 pub fn disk_usage(db: &DB) -> (u64, u64) {
     let prop = |cf, name| db.property_int_value_cf(cf, name).ok().flatten().unwrap_or(0);
-    ALL_CFS.iter().fold((0, 0), |(size, live), name| {
+    STATE_MACHINE_CFS.iter().fold((0, 0), |(size, live), name| {
         let cf = self::cf(db, name);
         let mem = prop(cf, "rocksdb.size-all-mem-tables");
         (

@@ -138,12 +138,21 @@ async fn hash_kv_is_equal_on_every_member_and_follows_compaction() {
         hashes.push(h.hash());
     }
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "{hashes:?}");
-    // An older revision hashes differently; compaction keeps the hash of what stays
-    // readable.
+    // An older revision hashes differently.
     let older = ok("hash kv older", c.hash_kv(rev - 5)).await.hash();
     assert_ne!(older, hashes[0]);
+    // After a compaction (physical on the member asked, perhaps not yet on the
+    // others), members report the new compact revision and agree again.
     ok("compact", c.compact(rev - 5, Some(etcd_client::CompactionOptions::new().with_physical()))).await;
-    assert_eq!(ok("hash kv after compaction", c.hash_kv(rev)).await.hash(), hashes[0]);
+    let mut after = Vec::new();
+    for i in 0..3 {
+        let mut m = cluster.client(i).await;
+        ok("barrier", m.get("h0", None)).await;
+        let h = ok("hash kv after compaction", m.hash_kv(rev)).await;
+        assert_eq!(h.compact_version(), rev - 5);
+        after.push(h.hash());
+    }
+    assert!(after.windows(2).all(|w| w[0] == w[1]), "{after:?}");
     common::assert_grpc_error(
         "hash a compacted revision",
         c.hash_kv(rev - 10).await,

@@ -190,7 +190,7 @@ impl Maintenance for MaintenanceService {
                 blob.truncate(n);
                 sent += n as u64;
                 let msg = pb::SnapshotResponse {
-                    header: header.clone(),
+                    header,
                     remaining_bytes: size - sent,
                     blob,
                     version: ETCD_API_VERSION.to_string(),

@@ -73,6 +73,9 @@ pub enum AdminRequest {
     HoldElections {
         millis: u64,
     },
+    /// Sent by a leader handing over leadership to the target, once the other
+    /// voters' leader leases have run out: start an election now.
+    Campaign,
     /// The member's HashKV at a revision (served on any member, for the leader's
     /// corruption check).
     HashKv {
@@ -184,6 +187,10 @@ impl RaftNode {
                 self.hold_elections(Duration::from_millis(millis));
                 return Ok(Ok(AdminResponse::Done));
             }
+            AdminRequest::Campaign => {
+                self.raft.trigger().elect().await.map_err(|_| RaftNodeError::Stopped)?;
+                return Ok(Ok(AdminResponse::Done));
+            }
             AdminRequest::HashKv { revision } => {
                 let barrier = self.local_applied_at_least(revision);
                 if !barrier {
@@ -203,7 +210,9 @@ impl RaftNode {
             AdminRequest::Update { id, peer_urls } => self.update_member(id, peer_urls).await,
             AdminRequest::Publish { id, name, client_urls } => self.publish_member(id, name, client_urls).await,
             AdminRequest::MoveLeader { target } => self.move_leader(target).await,
-            AdminRequest::HoldElections { .. } | AdminRequest::HashKv { .. } => unreachable!("served above"),
+            AdminRequest::HoldElections { .. } | AdminRequest::Campaign | AdminRequest::HashKv { .. } => {
+                unreachable!("served above")
+            }
         };
         match result {
             Err(AdminError::Raft(e @ RaftNodeError::NotLeader { .. })) => Err(e),
@@ -395,7 +404,7 @@ impl RaftNode {
             sleep(Duration::from_millis(self.settings.heartbeat_interval_ms)).await;
         }
         let election = Duration::from_millis(self.settings.election_timeout_ms);
-        let hold = election * 4;
+        let hold = election * 6;
         for m in members.iter().filter(|m| !m.is_learner && m.id != target && m.id != self.id) {
             let req = AdminRequest::HoldElections { millis: hold.as_millis() as u64 };
             let probe = Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS);
@@ -405,17 +414,37 @@ impl RaftNode {
                 .await;
         }
         self.raft.runtime_config().heartbeat(false);
+        // Voters refuse to vote while the leader lease they granted runs (openraft's
+        // is the maximum election timeout, 1.5 election timeouts); then the target
+        // campaigns, at once rather than on its own (later) timer.
+        let lease = election * 3 / 2 + Duration::from_millis(self.settings.heartbeat_interval_ms);
+        let member = info.member.clone();
+        let net = self.net.clone();
+        let campaign = async move {
+            for _ in 0..3 {
+                sleep(lease).await;
+                let probe = Duration::from_millis(MEMBER_PROBE_TIMEOUT_MS);
+                let req = AdminRequest::Campaign;
+                let _ = net
+                    .call::<_, Result<AdminResult, RaftNodeError>>(target, &member, PeerRpc::Admin, &req, probe)
+                    .await;
+            }
+            std::future::pending::<()>().await;
+        };
         let mut rx = self.raft.metrics();
-        let moved = timeout(
-            hold,
-            rx.wait_for(|m| {
-                m.current_leader == Some(target) || (m.current_leader.is_some() && m.current_leader != Some(self.id))
-            }),
-        )
+        let settled = rx.wait_for(|m| {
+            m.current_leader == Some(target) || (m.current_leader.is_some() && m.current_leader != Some(self.id))
+        });
+        let moved = timeout(election * 5, async {
+            tokio::select! {
+                moved = settled => moved.map(|m| m.current_leader),
+                _ = campaign => unreachable!("campaigning never ends by itself"),
+            }
+        })
         .await;
         self.raft.runtime_config().heartbeat(true);
         match moved {
-            Ok(Ok(m)) if m.current_leader == Some(target) => {
+            Ok(Ok(leader)) if leader == Some(target) => {
                 tracing::info!(target = format_args!("{target:x}"), "moved leadership");
                 Ok(AdminResponse::Done)
             }

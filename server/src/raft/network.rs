@@ -240,7 +240,19 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option).await
+        let (offset, done) = (rpc.offset, rpc.done);
+        let result = self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option).await;
+        if let Err(e) = &result {
+            tracing::info!(
+                to = format_args!("{:x}", self.target),
+                snapshot = %rpc.meta.snapshot_id,
+                offset,
+                done,
+                error = %e,
+                "sending a snapshot chunk failed; openraft retries"
+            );
+        }
+        result
     }
 
     async fn vote(

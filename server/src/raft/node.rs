@@ -78,6 +78,9 @@ pub struct RaftNode {
     /// Proposals hold it shared; a leadership transfer holds it exclusively so that
     /// the target can catch up and win its election.
     pub(super) proposals: tokio::sync::RwLock<()>,
+    /// Snapshot chunks being handled now, and when the last one arrived: while a
+    /// leader streams a snapshot here this member holds its elections.
+    snapshot_receipt: std::sync::Mutex<(usize, Option<Instant>)>,
     /// Removed member IDs, as of the membership log id they were read at.
     removed_cache: std::sync::Mutex<(Option<super::LogId>, BTreeSet<NodeId>)>,
 }
@@ -120,6 +123,7 @@ impl RaftNode {
             admin_lock: tokio::sync::Mutex::new(()),
             proposals: tokio::sync::RwLock::new(()),
             removed_cache: std::sync::Mutex::new((None, BTreeSet::new())),
+            snapshot_receipt: std::sync::Mutex::new((0, None)),
         });
         tokio::spawn(log_leadership(node.raft.clone(), id));
         tokio::spawn(watch_own_removal(node.raft.clone(), id, node.net.clone()));
@@ -135,6 +139,35 @@ impl RaftNode {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Marks a snapshot chunk from the leader as being handled until the guard is
+    /// dropped. openraft 0.9 does not count snapshot chunks as contact with the
+    /// leader, so a member receiving (or importing) a large snapshot would time out,
+    /// campaign, and depose the leader that is feeding it; it holds its elections
+    /// instead, until one election timeout after the last chunk was handled.
+    pub fn receiving_snapshot(self: &Arc<Self>) -> SnapshotReceipt {
+        let mut receipt = self.snapshot_receipt.lock().expect("snapshot receipt");
+        let idle = receipt.0 == 0 && receipt.1.is_none();
+        receipt.0 += 1;
+        receipt.1 = Some(Instant::now());
+        if idle {
+            self.raft.runtime_config().elect(false);
+            let node = self.clone();
+            let quiet = Duration::from_millis(self.settings.election_timeout_ms);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(quiet).await;
+                    let mut receipt = node.snapshot_receipt.lock().expect("snapshot receipt");
+                    if receipt.0 == 0 && receipt.1.is_none_or(|t| t.elapsed() >= quiet) {
+                        receipt.1 = None;
+                        node.raft.runtime_config().elect(true);
+                        return;
+                    }
+                }
+            });
+        }
+        SnapshotReceipt { node: self.clone() }
     }
 
     /// Becomes true once this member learns it was removed from the cluster.
@@ -422,6 +455,19 @@ impl RaftNode {
             }
         });
         timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)?
+    }
+}
+
+/// A snapshot chunk being handled (see [`RaftNode::receiving_snapshot`]).
+pub struct SnapshotReceipt {
+    node: Arc<RaftNode>,
+}
+
+impl Drop for SnapshotReceipt {
+    fn drop(&mut self) {
+        let mut receipt = self.node.snapshot_receipt.lock().expect("snapshot receipt");
+        receipt.0 -= 1;
+        receipt.1 = Some(Instant::now());
     }
 }
 

@@ -70,6 +70,7 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let (_, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
+        let _receiving = self.node.receiving_snapshot();
         Ok(self.reply(&self.node.raft.install_snapshot(rpc).await))
     }
 
