@@ -9,6 +9,9 @@ use std::time::Duration;
 use common::{ok, retry, Cluster};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, Client, GetOptions};
 
+/// Key, value, create revision, mod revision, version, lease.
+type KvTuple = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+
 /// Streams a backup into a file; returns its size.
 async fn save_backup(c: &mut Client, path: &std::path::Path) -> u64 {
     let mut stream = ok("snapshot", c.snapshot()).await;
@@ -48,7 +51,7 @@ async fn backup_and_restore_round_trip_keeps_every_key_value_and_revision() {
     let mut r = restored.client(2).await;
     let after = ok("read all", r.get("", Some(GetOptions::new().with_from_key()))).await;
     assert_eq!(after.header().unwrap().revision(), revision, "the revision carries over");
-    let pairs = |resp: &etcd_client::GetResponse| -> Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)> {
+    let pairs = |resp: &etcd_client::GetResponse| -> Vec<KvTuple> {
         resp.kvs()
             .iter()
             .map(|kv| {
