@@ -1,0 +1,426 @@
+//! Per-endpoint commands: endpoint status/health/hashkv, alarm, defrag, snapshot save.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cairn_client::{Alarm, AlarmKind, Error as ClientError, HashKv, Header, MemberStatus};
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::cli::{AlarmCommand, EndpointCommand};
+use crate::ctx::{display_endpoint, Ctx};
+use crate::errors::{CliError, CliResult, ExitKind};
+use crate::output::{header_json, hex_id, human_bytes, Printer, Render, Table};
+
+/// The endpoints a per-endpoint command runs on: --endpoints, or with
+/// `--cluster` the client URLs of every member.
+pub async fn targets(ctx: &Ctx, cluster: bool) -> CliResult<Vec<String>> {
+    if !cluster {
+        return Ok(ctx.endpoints());
+    }
+    let client = ctx.connect().await?;
+    let list = ctx.bounded(async { Ok(client.member_list(true).await?) }).await?;
+    let mut urls: Vec<String> = Vec::new();
+    for m in &list.members {
+        for u in &m.client_urls {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
+    }
+    if urls.is_empty() {
+        return Err(CliError::failed("no member advertises a client URL").with_hint("check `cairnctl member list`"));
+    }
+    Ok(urls)
+}
+
+/// Runs `f` on every endpoint concurrently (each with its own connection),
+/// keeping the order of `endpoints`.
+pub async fn each<T, F, Fut>(ctx: &Ctx, endpoints: &[String], f: F) -> Vec<(String, CliResult<T>)>
+where
+    F: Fn(cairn_client::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let f = &f;
+    let jobs = endpoints.iter().map(|ep| async move {
+        let res = async {
+            let c = ctx.connect_one(ep).await?;
+            ctx.bounded(async { Ok(f(c).await?) }).await
+        }
+        .await;
+        (display_endpoint(ep), res)
+    });
+    futures::future::join_all(jobs).await
+}
+
+/// Prints each failure on stderr and turns them into one error (or none).
+fn report_failures<T>(what: &str, results: &[(String, CliResult<T>)]) -> CliResult<()> {
+    let failed: Vec<&(String, CliResult<T>)> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    for (ep, r) in &failed {
+        if let Err(e) = r {
+            eprintln!("{what} failed on {ep}: {}", e.message);
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let kind = if failed.len() == results.len() { ExitKind::Unreachable } else { ExitKind::Failed };
+    Err(CliError::new(kind, format!("{what} failed on {} of {} endpoints", failed.len(), results.len()))
+        .with_hint("check those members (`cairnctl cluster health`) and that --endpoints is right"))
+}
+
+pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> CliResult<()> {
+    match cmd {
+        EndpointCommand::Status(c) => {
+            let eps = targets(ctx, c.cluster).await?;
+            let results = each(ctx, &eps, |c| async move { c.status().await }).await;
+            let rows = results.iter().filter_map(|(ep, r)| r.as_ref().ok().map(|s| (ep.clone(), s.clone()))).collect();
+            ctx.printer.emit(&StatusOut(rows))?;
+            report_failures("status", &results)
+        }
+        EndpointCommand::Health(c) => {
+            let eps = targets(ctx, c.cluster).await?;
+            let rows = health(ctx, &eps).await;
+            ctx.printer.emit(&HealthOut(rows.clone()))?;
+            let bad = rows.iter().filter(|r| !r.healthy).count();
+            if bad > 0 {
+                return Err(CliError::new(
+                    ExitKind::CheckFailed,
+                    format!("{bad} of {} endpoints unhealthy", rows.len()),
+                )
+                .with_hint("`cairnctl cluster health` shows why (leader, lag, alarms)"));
+            }
+            Ok(())
+        }
+        EndpointCommand::Hashkv { cluster, rev } => {
+            let eps = targets(ctx, cluster.cluster).await?;
+            let rev = *rev;
+            let results = each(ctx, &eps, |c| async move { c.hash_kv(rev).await }).await;
+            let rows: Vec<(String, HashKv)> =
+                results.iter().filter_map(|(ep, r)| r.as_ref().ok().map(|h| (ep.clone(), *h))).collect();
+            ctx.printer.emit(&HashOut(rows.clone()))?;
+            warn_if_hashes_differ(&rows);
+            report_failures("hashkv", &results)
+        }
+    }
+}
+
+/// Members that hashed the same revision must agree; say so loudly if not.
+fn warn_if_hashes_differ(rows: &[(String, HashKv)]) {
+    for (i, (ep_a, a)) in rows.iter().enumerate() {
+        for (ep_b, b) in &rows[i + 1..] {
+            if a.hash_revision == b.hash_revision && a.compact_revision == b.compact_revision && a.hash != b.hash {
+                eprintln!(
+                    "warning: {ep_a} and {ep_b} hash revision {} differently ({} vs {}): their data diverged",
+                    a.hash_revision, a.hash, b.hash
+                );
+            }
+        }
+    }
+}
+
+/// One endpoint's health.
+#[derive(Debug, Clone)]
+pub struct Health {
+    pub endpoint: String,
+    pub healthy: bool,
+    pub took: Duration,
+    pub error: String,
+}
+
+/// etcd's definition: a linearizable read is served (and no alarm is raised).
+pub async fn health(ctx: &Ctx, endpoints: &[String]) -> Vec<Health> {
+    let results = each(ctx, endpoints, |c| async move {
+        let start = Instant::now();
+        c.get("health").await?;
+        let took = start.elapsed();
+        let alarms = match c.alarm_list().await {
+            Ok(a) => a,
+            // A server without the alarm call has no alarms to report.
+            Err(ClientError::Unsupported(_)) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok((took, alarms))
+    })
+    .await;
+    results
+        .into_iter()
+        .map(|(endpoint, r)| match r {
+            Ok((took, alarms)) if alarms.is_empty() => Health { endpoint, healthy: true, took, error: String::new() },
+            Ok((took, alarms)) => {
+                let names: Vec<&str> = alarms.iter().map(|a| alarm_name(a.kind)).collect();
+                Health { endpoint, healthy: false, took, error: format!("Active Alarm(s): {}", names.join(",")) }
+            }
+            Err(e) => Health { endpoint, healthy: false, took: Duration::ZERO, error: e.message },
+        })
+        .collect()
+}
+
+pub fn alarm_name(k: AlarmKind) -> &'static str {
+    match k {
+        AlarmKind::None => "NONE",
+        AlarmKind::NoSpace => "NOSPACE",
+        AlarmKind::Corrupt => "CORRUPT",
+    }
+}
+
+pub async fn alarm(ctx: &Ctx, cmd: &AlarmCommand) -> CliResult<()> {
+    let client = ctx.connect().await?;
+    let alarms = match cmd {
+        AlarmCommand::List => ctx.bounded(async { Ok(client.alarm_list().await?) }).await?,
+        AlarmCommand::Disarm => ctx.bounded(async { Ok(client.alarm_disarm(0, AlarmKind::None).await?) }).await?,
+    };
+    ctx.printer.emit(&AlarmOut(alarms))
+}
+
+pub async fn defrag(ctx: &Ctx, cluster: bool) -> CliResult<()> {
+    let eps = targets(ctx, cluster).await?;
+    // One member at a time, as etcd advises: a member may pause while it defragments.
+    let mut results = Vec::new();
+    for ep in &eps {
+        let r = each(ctx, std::slice::from_ref(ep), |c| async move { c.defragment().await }).await;
+        results.extend(r);
+    }
+    let rows: Vec<(String, Header)> =
+        results.iter().filter_map(|(ep, r)| r.as_ref().ok().map(|h| (ep.clone(), *h))).collect();
+    ctx.printer.emit(&DefragOut(rows))?;
+    report_failures("defragment", &results)
+}
+
+pub async fn snapshot_save(ctx: &Ctx, file: &Path) -> CliResult<()> {
+    let eps = ctx.endpoints();
+    if eps.len() != 1 {
+        return Err(CliError::invalid(format!(
+            "snapshot save needs exactly one endpoint, got {}: {}",
+            eps.len(),
+            eps.join(",")
+        ))
+        .with_hint("pick one member with --endpoints host:port"));
+    }
+    let client = ctx.connect_one(&eps[0]).await?;
+    let part = file.with_extension(match file.extension() {
+        Some(e) => format!("{}.part", e.to_string_lossy()),
+        None => "part".into(),
+    });
+    let start = Instant::now();
+    let mut out = std::fs::File::create(&part).map_err(|e| CliError::io(format!("create {}", part.display()), e))?;
+    let mut stream = ctx.bounded(async { Ok(client.snapshot().await?) }).await?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})")
+            .expect("a valid progress template"),
+    );
+    let mut written: u64 = 0;
+    let mut idle = ctx.global.command_timeout;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| CliError::timeout(idle))?;
+        let Some(chunk) = next else { break };
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                bar.abandon();
+                let _ = std::fs::remove_file(&part);
+                return Err(CliError::from(e).context("snapshot stream"));
+            }
+        };
+        out.write_all(&chunk.blob).map_err(|e| CliError::io(format!("write {}", part.display()), e))?;
+        written += chunk.blob.len() as u64;
+        bar.set_length(written + chunk.remaining_bytes);
+        bar.set_position(written);
+        // A snapshot can be large; allow each chunk the command timeout, not the whole stream.
+        idle = ctx.global.command_timeout;
+    }
+    bar.finish_and_clear();
+    out.sync_all().map_err(|e| CliError::io(format!("sync {}", part.display()), e))?;
+    drop(out);
+    std::fs::rename(&part, file)
+        .map_err(|e| CliError::io(format!("rename {} to {}", part.display(), file.display()), e))?;
+    ctx.printer.emit(&SnapshotOut { path: file.display().to_string(), size: written, took: start.elapsed() })
+}
+
+struct StatusOut(Vec<(String, MemberStatus)>);
+
+fn status_row(ep: &str, s: &MemberStatus) -> Vec<String> {
+    vec![
+        ep.to_string(),
+        format!("{:x}", s.header.member_id),
+        s.version.clone(),
+        human_bytes(s.db_size),
+        (s.leader == s.header.member_id).to_string(),
+        s.is_learner.to_string(),
+        s.raft_term.to_string(),
+        s.raft_index.to_string(),
+        s.raft_applied_index.to_string(),
+        s.errors.join(", "),
+    ]
+}
+
+impl Render for StatusOut {
+    fn simple(&self, _: &Printer) -> String {
+        self.0.iter().map(|(ep, s)| status_row(ep, s).join(", ") + "\n").collect()
+    }
+    fn json(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|(ep, s)| {
+                    json!({"Endpoint": ep, "Status": {
+                        "header": header_json(&s.header),
+                        "version": s.version,
+                        "dbSize": s.db_size,
+                        "leader": s.leader,
+                        "raftIndex": s.raft_index,
+                        "raftTerm": s.raft_term,
+                        "raftAppliedIndex": s.raft_applied_index,
+                        "errors": s.errors,
+                        "dbSizeInUse": s.db_size_in_use,
+                        "isLearner": s.is_learner,
+                    }})
+                })
+                .collect(),
+        )
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&[
+            "ENDPOINT",
+            "ID",
+            "VERSION",
+            "DB SIZE",
+            "IS LEADER",
+            "IS LEARNER",
+            "RAFT TERM",
+            "RAFT INDEX",
+            "RAFT APPLIED INDEX",
+            "ERRORS",
+        ]);
+        for (ep, s) in &self.0 {
+            t.row(status_row(ep, s));
+        }
+        t
+    }
+}
+
+struct HealthOut(Vec<Health>);
+
+fn took(d: Duration) -> String {
+    format!("{d:?}")
+}
+
+impl Render for HealthOut {
+    fn simple(&self, _: &Printer) -> String {
+        self.0
+            .iter()
+            .map(|h| {
+                if h.healthy {
+                    format!("{} is healthy: successfully committed proposal: took = {}\n", h.endpoint, took(h.took))
+                } else {
+                    format!("{} is unhealthy: failed to commit proposal: {}\n", h.endpoint, h.error)
+                }
+            })
+            .collect()
+    }
+    fn json(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|h| json!({"endpoint": h.endpoint, "health": h.healthy, "took": took(h.took), "error": h.error}))
+                .collect(),
+        )
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&["ENDPOINT", "HEALTH", "TOOK", "ERROR"]);
+        for h in &self.0 {
+            t.row(vec![h.endpoint.clone(), h.healthy.to_string(), took(h.took), h.error.clone()]);
+        }
+        t
+    }
+}
+
+struct HashOut(Vec<(String, HashKv)>);
+
+impl Render for HashOut {
+    fn simple(&self, _: &Printer) -> String {
+        self.0.iter().map(|(ep, h)| format!("{ep}, {}\n", h.hash)).collect()
+    }
+    fn json(&self) -> Value {
+        Value::Array(
+            self.0
+                .iter()
+                .map(|(ep, h)| {
+                    json!({"Endpoint": ep, "HashKV": {
+                        "header": header_json(&h.header),
+                        "hash": h.hash,
+                        "compact_revision": h.compact_revision,
+                        "hash_revision": h.hash_revision,
+                    }})
+                })
+                .collect(),
+        )
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&["ENDPOINT", "HASH", "HASH REVISION", "COMPACT REVISION"]);
+        for (ep, h) in &self.0 {
+            t.row(vec![ep.clone(), h.hash.to_string(), h.hash_revision.to_string(), h.compact_revision.to_string()]);
+        }
+        t
+    }
+}
+
+struct AlarmOut(Vec<Alarm>);
+
+impl Render for AlarmOut {
+    fn simple(&self, _: &Printer) -> String {
+        self.0.iter().map(|a| format!("memberID:{} alarm:{}\n", a.member_id, alarm_name(a.kind))).collect()
+    }
+    fn json(&self) -> Value {
+        let alarms: Vec<Value> =
+            self.0.iter().map(|a| json!({"memberID": a.member_id, "alarm": alarm_name(a.kind)})).collect();
+        json!({ "alarms": alarms })
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&["MEMBER ID", "ALARM"]);
+        for a in &self.0 {
+            t.row(vec![hex_id(a.member_id as i128), alarm_name(a.kind).into()]);
+        }
+        t
+    }
+}
+
+struct DefragOut(Vec<(String, Header)>);
+
+impl Render for DefragOut {
+    fn simple(&self, _: &Printer) -> String {
+        self.0.iter().map(|(ep, _)| format!("Finished defragmenting etcd member[{ep}]\n")).collect()
+    }
+    fn json(&self) -> Value {
+        Value::Array(self.0.iter().map(|(ep, h)| json!({"Endpoint": ep, "header": header_json(h)})).collect())
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&["ENDPOINT", "DEFRAGMENTED"]);
+        for (ep, _) in &self.0 {
+            t.row(vec![ep.clone(), "true".into()]);
+        }
+        t
+    }
+}
+
+struct SnapshotOut {
+    path: String,
+    size: u64,
+    took: Duration,
+}
+
+impl Render for SnapshotOut {
+    fn simple(&self, _: &Printer) -> String {
+        format!("Snapshot saved at {}\n", self.path)
+    }
+    fn json(&self) -> Value {
+        json!({"path": self.path, "size": self.size, "took_ms": self.took.as_millis() as u64})
+    }
+    fn table(&self, _: &Printer) -> Table {
+        let mut t = Table::new(&["PATH", "SIZE", "TOOK"]);
+        t.row(vec![self.path.clone(), human_bytes(self.size as i64), format!("{:?}", self.took)]);
+        t
+    }
+}
