@@ -145,13 +145,16 @@ impl Client {
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAlive> {
         let (i, channel) = self.channel();
         let (tx, rx) = mpsc::channel(1);
+        // etcd (grpc-go) sends the response headers only with the first response:
+        // the first keep-alive must be queued before the call is awaited.
+        tx.send(LeaseKeepAliveRequest { id }).await.expect("the receiver is alive: it is owned here");
         let opened = tokio::time::timeout(
             self.request_timeout(),
             LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(rx)),
         )
         .await;
         match opened {
-            Ok(Ok(resp)) => Ok(LeaseKeepAlive { id, requests: tx, responses: resp.into_inner() }),
+            Ok(Ok(resp)) => Ok(LeaseKeepAlive { id, requests: tx, responses: resp.into_inner(), primed: true }),
             Ok(Err(status)) => {
                 self.fail_over(i);
                 Err(match classify(status, Effect::Read) {
@@ -171,6 +174,8 @@ pub struct LeaseKeepAlive {
     id: i64,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: tonic::Streaming<LeaseKeepAliveResponse>,
+    /// The first request was sent when the stream was opened.
+    primed: bool,
 }
 
 impl std::fmt::Debug for LeaseKeepAlive {
@@ -191,10 +196,14 @@ impl LeaseKeepAlive {
     /// another member).
     pub async fn keep_alive(&mut self) -> Result<i64> {
         let broken = |reason: String| Error::Unavailable { reason };
-        self.requests
-            .send(LeaseKeepAliveRequest { id: self.id })
-            .await
-            .map_err(|_| broken("keep-alive stream closed".into()))?;
+        if self.primed {
+            self.primed = false;
+        } else {
+            self.requests
+                .send(LeaseKeepAliveRequest { id: self.id })
+                .await
+                .map_err(|_| broken("keep-alive stream closed".into()))?;
+        }
         match self.responses.next().await {
             Some(Ok(r)) if r.ttl <= 0 => Err(Error::LeaseNotFound { lease: Some(self.id) }),
             Some(Ok(r)) => Ok(r.ttl),
