@@ -9,7 +9,7 @@ use std::io::Write;
 
 use base64::Engine as _;
 use cairn_client::{Header, KeyValue};
-use comfy_table::{presets, CellAlignment, ContentArrangement};
+use comfy_table::{presets, CellAlignment, ContentArrangement, TableComponent};
 use serde_json::{json, Value};
 
 use crate::cli::OutputFormat;
@@ -51,6 +51,11 @@ impl Table {
     pub fn render(&self) -> String {
         let mut t = comfy_table::Table::new();
         t.load_preset(presets::ASCII_FULL_CONDENSED).set_content_arrangement(ContentArrangement::Disabled);
+        // etcdctl's look: the line under the header is drawn like the borders.
+        t.set_style(TableComponent::HeaderLines, '-');
+        t.set_style(TableComponent::LeftHeaderIntersection, '+');
+        t.set_style(TableComponent::MiddleHeaderIntersections, '+');
+        t.set_style(TableComponent::RightHeaderIntersection, '+');
         t.set_header(self.header.iter().copied());
         for row in &self.rows {
             t.add_row(row.iter().map(String::as_str));

@@ -127,7 +127,9 @@ impl Render for LeaseLine {
     fn json(&self) -> Value {
         match self.kind {
             LineKind::Revoked => json!({"header": header_json(&self.header)}),
-            LineKind::Granted | LineKind::KeptAlive => {
+            // The keep-alive stream carries no header worth printing: just the lease.
+            LineKind::KeptAlive => json!({"ID": self.id, "TTL": self.ttl}),
+            LineKind::Granted => {
                 let mut m = inline_header(&self.header);
                 m.insert("ID".into(), json!(self.id));
                 m.insert("TTL".into(), json!(self.ttl));
