@@ -86,11 +86,10 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> CliResult<()> {
             ctx.printer.emit(&HealthOut(rows.clone()))?;
             let bad = rows.iter().filter(|r| !r.healthy).count();
             if bad > 0 {
-                return Err(CliError::new(
-                    ExitKind::CheckFailed,
-                    format!("{bad} of {} endpoints unhealthy", rows.len()),
-                )
-                .with_hint("`cairnctl cluster health` shows why (leader, lag, alarms)"));
+                let unreachable = rows.iter().all(|r| !r.reachable);
+                let kind = if unreachable { ExitKind::Unreachable } else { ExitKind::CheckFailed };
+                return Err(CliError::new(kind, format!("{bad} of {} endpoints unhealthy", rows.len()))
+                    .with_hint("`cairnctl cluster health` shows why (leader, lag, alarms)"));
             }
             Ok(())
         }
@@ -126,6 +125,8 @@ fn warn_if_hashes_differ(rows: &[(String, HashKv)]) {
 pub struct Health {
     pub endpoint: String,
     pub healthy: bool,
+    /// Whether the endpoint answered at all.
+    pub reachable: bool,
     pub took: Duration,
     pub error: String,
 }
@@ -148,12 +149,18 @@ pub async fn health(ctx: &Ctx, endpoints: &[String]) -> Vec<Health> {
     results
         .into_iter()
         .map(|(endpoint, r)| match r {
-            Ok((took, alarms)) if alarms.is_empty() => Health { endpoint, healthy: true, took, error: String::new() },
+            Ok((took, alarms)) if alarms.is_empty() => {
+                Health { endpoint, healthy: true, reachable: true, took, error: String::new() }
+            }
             Ok((took, alarms)) => {
                 let names: Vec<&str> = alarms.iter().map(|a| alarm_name(a.kind)).collect();
-                Health { endpoint, healthy: false, took, error: format!("Active Alarm(s): {}", names.join(",")) }
+                let error = format!("Active Alarm(s): {}", names.join(","));
+                Health { endpoint, healthy: false, reachable: true, took, error }
             }
-            Err(e) => Health { endpoint, healthy: false, took: Duration::ZERO, error: e.message },
+            Err(e) => {
+                let reachable = e.kind != ExitKind::Unreachable;
+                Health { endpoint, healthy: false, reachable, took: Duration::ZERO, error: e.message }
+            }
         })
         .collect()
 }
