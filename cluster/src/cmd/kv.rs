@@ -112,6 +112,15 @@ fn key_bytes(k: &std::ffi::OsStr) -> Vec<u8> {
     k.as_bytes().to_vec()
 }
 
+/// etcdctl's rule: `--from-key ""` means from the smallest key, `\0`.
+fn range_key(k: &std::ffi::OsStr, from_key: bool) -> Vec<u8> {
+    if from_key && k.is_empty() {
+        vec![0]
+    } else {
+        key_bytes(k)
+    }
+}
+
 fn lease_of(a: &PutArgs) -> CliResult<i64> {
     Ok(parse_hex_id("lease", &a.lease)? as i64)
 }
@@ -145,7 +154,7 @@ fn put_value(a: &PutArgs) -> CliResult<Vec<u8>> {
 
 pub async fn get(ctx: &Ctx, a: &GetArgs) -> CliResult<()> {
     let client = ctx.connect().await?;
-    let resp = ctx.bounded(async { Ok(apply_get_args!(client.get(key_bytes(&a.key)), a).await?) }).await?;
+    let resp = ctx.bounded(async { Ok(apply_get_args!(client.get(range_key(&a.key, a.from_key)), a).await?) }).await?;
     ctx.printer.emit(&GetOut { resp, value_only: a.print_value_only, count_only: a.count_only })
 }
 
@@ -160,7 +169,8 @@ pub async fn put(ctx: &Ctx, a: &PutArgs) -> CliResult<()> {
 
 pub async fn del(ctx: &Ctx, a: &DelArgs) -> CliResult<()> {
     let client = ctx.connect().await?;
-    let resp = ctx.bounded(async { Ok(apply_del_args!(client.delete(key_bytes(&a.key)), a).await?) }).await?;
+    let resp =
+        ctx.bounded(async { Ok(apply_del_args!(client.delete(range_key(&a.key, a.from_key)), a).await?) }).await?;
     ctx.printer.emit(&DelOut(resp))
 }
 
@@ -207,13 +217,13 @@ fn to_compare(c: &Compare) -> ClientCompare {
 
 fn to_op(op: &TxnOp) -> CliResult<ClientTxnOp> {
     Ok(match op {
-        TxnOp::Get(a) => apply_get_args!(GetOp::new(key_bytes(&a.key)), a).into(),
+        TxnOp::Get(a) => apply_get_args!(GetOp::new(range_key(&a.key, a.from_key)), a).into(),
         TxnOp::Put(a) => {
             let lease = lease_of(a)?;
             let value = a.value.as_ref().map(|v| v.as_bytes().to_vec()).unwrap_or_default();
             apply_put_args!(PutOp::new(key_bytes(&a.key), value), a, lease).into()
         }
-        TxnOp::Del(a) => apply_del_args!(DeleteOp::new(key_bytes(&a.key)), a).into(),
+        TxnOp::Del(a) => apply_del_args!(DeleteOp::new(range_key(&a.key, a.from_key)), a).into(),
     })
 }
 
