@@ -151,7 +151,7 @@ impl Client {
         )
         .await;
         match opened {
-            Ok(Ok(resp)) => Ok(LeaseKeepAlive { id, requests: tx, responses: resp.into_inner() }),
+            Ok(Ok(resp)) => Ok(LeaseKeepAlive { id, member: i, requests: tx, responses: resp.into_inner() }),
             Ok(Err(status)) => {
                 self.fail_over(i);
                 Err(match classify(status, Effect::Read) {
@@ -169,6 +169,7 @@ impl Client {
 /// A keep-alive stream for one lease (see [`Client::lease_keep_alive`]).
 pub struct LeaseKeepAlive {
     id: i64,
+    pub(crate) member: usize,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: tonic::Streaming<LeaseKeepAliveResponse>,
 }

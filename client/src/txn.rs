@@ -222,6 +222,16 @@ impl TxnSpec {
         self
     }
 
+    /// True without conditions and without an `or_else` branch.
+    pub(crate) fn is_unconditional(&self) -> bool {
+        self.when.is_empty() && self.otherwise.is_empty()
+    }
+
+    /// The `and_then` operations.
+    pub(crate) fn into_ops(self) -> Vec<TxnOp> {
+        self.then
+    }
+
     fn writes(&self) -> bool {
         self.then.iter().chain(&self.otherwise).any(TxnOp::writes)
     }
