@@ -174,26 +174,12 @@ impl Election {
     pub async fn campaign(&self, lease: &LeaseHandle, value: impl Into<Vec<u8>>) -> Result<Leadership> {
         let key = format!("{}{:x}", self.prefix, lease.id());
         let value = value.into();
-        let resp = self
-            .client
-            .txn()
-            .when([Compare::missing(key.clone())])
-            .and_then([TxnOp::put(key.clone(), value.clone()).lease(lease.id())])
-            .or_else([TxnOp::get(key.clone())])
-            .send()
-            .await?;
-        let token = if resp.succeeded {
-            resp.header.revision
-        } else {
-            let existing = resp.responses.first().and_then(TxnOpResponse::as_get).and_then(|g| g.first().cloned());
-            let existing = existing.ok_or_else(|| Error::NotFound { key: key.clone() })?;
-            existing.create_revision
+        let token = tokio::select! {
+            r = self.register(&key, &value, lease.id()) => r?,
+            e = lease.lost() => return Err(e),
         };
         let mut guard = CandidacyGuard { client: self.client.clone(), key: key.clone(), token, armed: true };
-        let fence = Fence::new(&self.client, key.clone(), token);
-        if !resp.succeeded {
-            fence.txn(TxnSpec::new().and_then([TxnOp::put(key.clone(), value).ignore_lease()])).await?;
-        }
+        let fence = Fence::new(&self.client, key, token);
         tokio::select! {
             r = self.wait_for_turn(&fence) => r?,
             e = lease.lost() => return Err(e),
@@ -202,39 +188,91 @@ impl Election {
         Ok(Leadership { fence, lease: lease.id(), resigned: false })
     }
 
-    /// Waits until no key created before `fence.token` is left, then checks
-    /// that our own key is still there.
-    async fn wait_for_turn(&self, fence: &Fence) -> Result<()> {
+    /// Creates the candidacy key (or finds it, with `value` proclaimed) and
+    /// answers its creation revision. The key is named after the lease, so
+    /// repeating this after an ambiguous failure is safe: it is retried until
+    /// it succeeds or fails for good.
+    async fn register(&self, key: &str, value: &[u8], lease: i64) -> Result<i64> {
+        let mut failures = 0;
         loop {
-            let before = self
-                .client
-                .get(self.prefix.clone())
-                .prefix()
-                .max_create_revision(fence.token - 1)
-                .sort(SortTarget::Create, SortOrder::Descend)
-                .limit(1)
-                .keys_only()
-                .send()
-                .await?;
-            let Some(pred) = before.kvs.into_iter().next() else {
-                return if fence.is_current().await? { Ok(()) } else { Err(fence.fenced()) };
-            };
-            // Wait for the closest predecessor to go; re-check on any trouble.
-            let watch =
-                self.client.watch(pred.key.clone()).no_put().start_revision(before.header.revision + 1).send().await;
-            if let Ok(mut w) = watch {
-                while let Some(batch) = w.next().await {
-                    match batch {
-                        Ok(b) if !b.events.is_empty() => break,
-                        Ok(_) => continue,
-                        Err(_) => break,
-                    }
+            let attempt = async {
+                let resp = self
+                    .client
+                    .txn()
+                    .when([Compare::missing(key)])
+                    .and_then([TxnOp::put(key, value).lease(lease)])
+                    .or_else([TxnOp::get(key)])
+                    .send()
+                    .await?;
+                if resp.succeeded {
+                    return Ok(resp.header.revision);
                 }
-            }
-            if !fence.is_current().await? {
-                return Err(fence.fenced());
+                let existing = resp.responses.first().and_then(TxnOpResponse::as_get).and_then(|g| g.first().cloned());
+                let existing = existing.ok_or_else(|| Error::NotFound { key: key.to_string() })?;
+                if existing.value != value {
+                    let fence = Fence::new(&self.client, key, existing.create_revision);
+                    fence.txn(TxnSpec::new().and_then([TxnOp::put(key, value).ignore_lease()])).await?;
+                }
+                Ok(existing.create_revision)
+            };
+            match attempt.await {
+                Ok(token) => return Ok(token),
+                Err(e @ (Error::Unavailable { .. } | Error::Timeout { .. } | Error::OutcomeUnknown { .. })) => {
+                    failures += 1;
+                    tracing::debug!(error = %e, "campaign: registering again");
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Waits until no key created before `fence.token` is left, then checks
+    /// that our own key is still there. Transient failures (member down,
+    /// election in progress) are waited out; the caller's lease bounds the wait.
+    async fn wait_for_turn(&self, fence: &Fence) -> Result<()> {
+        let mut failures = 0;
+        loop {
+            match self.turn_step(fence).await {
+                Ok(true) => return Ok(()),
+                Ok(false) => failures = 0,
+                Err(e @ (Error::Unavailable { .. } | Error::Timeout { .. })) => {
+                    failures += 1;
+                    tracing::debug!(error = %e, "campaign: waiting out a transient failure");
+                    tokio::time::sleep(backoff(failures)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// One round: `true` if it is our turn, `false` after waiting for the
+    /// closest predecessor to go.
+    async fn turn_step(&self, fence: &Fence) -> Result<bool> {
+        let before = self
+            .client
+            .get(self.prefix.clone())
+            .prefix()
+            .max_create_revision(fence.token - 1)
+            .sort(SortTarget::Create, SortOrder::Descend)
+            .limit(1)
+            .keys_only()
+            .send()
+            .await?;
+        let Some(pred) = before.kvs.into_iter().next() else {
+            return if fence.is_current().await? { Ok(true) } else { Err(fence.fenced()) };
+        };
+        let mut w =
+            self.client.watch(pred.key.clone()).no_put().start_revision(before.header.revision + 1).send().await?;
+        while let Some(batch) = w.next().await {
+            if !batch?.events.is_empty() {
+                break;
+            }
+        }
+        if !fence.is_current().await? {
+            return Err(fence.fenced());
+        }
+        Ok(false)
     }
 
     /// The current leader, if any.
