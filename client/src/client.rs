@@ -159,6 +159,13 @@ impl Client {
         }
     }
 
+    /// Moves on from the member at `url` if it is the current one.
+    pub(crate) fn fail_over_from(&self, url: &str) {
+        if let Some(i) = self.inner.members.iter().position(|m| m.url == url) {
+            self.fail_over(i);
+        }
+    }
+
     pub(crate) fn request_timeout(&self) -> Duration {
         self.inner.opts.request_timeout
     }

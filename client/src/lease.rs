@@ -154,7 +154,9 @@ impl Client {
         )
         .await;
         match opened {
-            Ok(Ok(resp)) => Ok(LeaseKeepAlive { id, requests: tx, responses: resp.into_inner(), primed: true }),
+            Ok(Ok(resp)) => {
+                Ok(LeaseKeepAlive { id, member: i, requests: tx, responses: resp.into_inner(), primed: true })
+            }
             Ok(Err(status)) => {
                 self.fail_over(i);
                 Err(match classify(status, Effect::Read) {
@@ -172,6 +174,7 @@ impl Client {
 /// A keep-alive stream for one lease (see [`Client::lease_keep_alive`]).
 pub struct LeaseKeepAlive {
     id: i64,
+    pub(crate) member: usize,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: tonic::Streaming<LeaseKeepAliveResponse>,
     /// The first request was sent when the stream was opened.

@@ -12,8 +12,9 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const KEEP_ALIVE_INTERVAL_MS_DEFAULT: u64 = 5_000;
 /// Default time to wait for a keep-alive ping's answer before dropping the connection.
 pub const KEEP_ALIVE_TIMEOUT_MS_DEFAULT: u64 = 3_000;
-/// Default upper bound of attempts for one retryable request (across members).
-pub const REQUEST_ATTEMPTS_MAX_DEFAULT: u32 = 8;
+/// Default upper bound of attempts for one retryable request (across members):
+/// with the backoff below, about 8 s of retrying, enough to outlast an election.
+pub const REQUEST_ATTEMPTS_MAX_DEFAULT: u32 = 12;
 /// First pause between two attempts of a request; doubles up to
 /// [`RETRY_BACKOFF_MS_MAX`].
 pub const RETRY_BACKOFF_MS_MIN: u64 = 50;

@@ -222,6 +222,16 @@ impl TxnSpec {
         self
     }
 
+    /// True without conditions and without an `or_else` branch.
+    pub(crate) fn is_unconditional(&self) -> bool {
+        self.when.is_empty() && self.otherwise.is_empty()
+    }
+
+    /// The `and_then` operations.
+    pub(crate) fn into_ops(self) -> Vec<TxnOp> {
+        self.then
+    }
+
     fn writes(&self) -> bool {
         self.then.iter().chain(&self.otherwise).any(TxnOp::writes)
     }
@@ -340,6 +350,35 @@ impl TxnOpResponse {
 
 impl From<PbTxnResponse> for TxnResponse {
     fn from(r: PbTxnResponse) -> Self {
+        let mut resp = TxnResponse::from_pb(r);
+        let header = resp.header;
+        resp.fill_headers(header);
+        resp
+    }
+}
+
+impl TxnResponse {
+    /// The results of the operations inside a transaction may come with empty
+    /// headers (etcd fills only the outer one); the whole transaction has one
+    /// revision, so they get the outer header.
+    fn fill_headers(&mut self, outer: Header) {
+        for op in &mut self.responses {
+            match op {
+                TxnOpResponse::Get(g) if g.header.revision == 0 => g.header = outer,
+                TxnOpResponse::Put(p) if p.header.revision == 0 => p.header = outer,
+                TxnOpResponse::Delete(d) if d.header.revision == 0 => d.header = outer,
+                TxnOpResponse::Txn(t) => {
+                    if t.header.revision == 0 {
+                        t.header = outer;
+                    }
+                    t.fill_headers(outer);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn from_pb(r: PbTxnResponse) -> Self {
         let responses = r
             .responses
             .into_iter()
@@ -354,7 +393,7 @@ impl From<PbTxnResponse> for TxnResponse {
                     deleted: d.deleted,
                     prev_kvs: d.prev_kvs.into_iter().map(KeyValue::from).collect(),
                 }),
-                response_op::Response::ResponseTxn(t) => TxnOpResponse::Txn(t.into()),
+                response_op::Response::ResponseTxn(t) => TxnOpResponse::Txn(TxnResponse::from_pb(t)),
             })
             .collect();
         TxnResponse { header: r.header.into(), succeeded: r.succeeded, responses }
