@@ -66,7 +66,8 @@ fn report_failures<T>(what: &str, results: &[(String, CliResult<T>)]) -> CliResu
     if failed.is_empty() {
         return Ok(());
     }
-    let kind = if failed.len() == results.len() { ExitKind::Unreachable } else { ExitKind::Failed };
+    let all_unreachable = results.iter().all(|(_, r)| matches!(r, Err(e) if e.kind == ExitKind::Unreachable));
+    let kind = if all_unreachable { ExitKind::Unreachable } else { ExitKind::Failed };
     Err(CliError::new(kind, format!("{what} failed on {} of {} endpoints", failed.len(), results.len()))
         .with_hint("check those members (`cairnctl cluster health`) and that --endpoints is right"))
 }
@@ -100,14 +101,19 @@ pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> CliResult<()> {
             let rows: Vec<(String, HashKv)> =
                 results.iter().filter_map(|(ep, r)| r.as_ref().ok().map(|h| (ep.clone(), *h))).collect();
             ctx.printer.emit(&HashOut(rows.clone()))?;
-            warn_if_hashes_differ(&rows);
+            warn_if_hashes_differ(&rows, rev);
             report_failures("hashkv", &results)
         }
     }
 }
 
 /// Members that hashed the same revision must agree; say so loudly if not.
-fn warn_if_hashes_differ(rows: &[(String, HashKv)]) {
+fn warn_if_hashes_differ(rows: &[(String, HashKv)], rev: i64) {
+    // Servers that do not say which revision they hashed (etcd 3.4) are only
+    // comparable when the revision was given.
+    if rev == 0 && rows.iter().any(|(_, h)| h.hash_revision == 0) {
+        return;
+    }
     for (i, (ep_a, a)) in rows.iter().enumerate() {
         for (ep_b, b) in &rows[i + 1..] {
             if a.hash_revision == b.hash_revision && a.compact_revision == b.compact_revision && a.hash != b.hash {
@@ -212,34 +218,44 @@ pub async fn snapshot_save(ctx: &Ctx, file: &Path) -> CliResult<()> {
         None => "part".into(),
     });
     let start = Instant::now();
-    let mut out = std::fs::File::create(&part).map_err(|e| CliError::io(format!("create {}", part.display()), e))?;
     let mut stream = ctx.bounded(async { Ok(client.snapshot().await?) }).await?;
+    let mut out = std::fs::File::create(&part).map_err(|e| CliError::io(format!("create {}", part.display()), e))?;
+    let fail = |e: CliError| {
+        let _ = std::fs::remove_file(&part);
+        e
+    };
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})")
             .expect("a valid progress template"),
     );
     let mut written: u64 = 0;
-    let mut idle = ctx.global.command_timeout;
+    let mut remaining: u64 = 0;
+    // A snapshot can be large: each chunk gets the command timeout, not the whole stream.
+    let idle = ctx.global.command_timeout;
     loop {
-        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| CliError::timeout(idle))?;
+        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| fail(CliError::timeout(idle)))?;
         let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
                 bar.abandon();
-                let _ = std::fs::remove_file(&part);
-                return Err(CliError::from(e).context("snapshot stream"));
+                return Err(fail(CliError::from(e).context("snapshot stream")));
             }
         };
-        out.write_all(&chunk.blob).map_err(|e| CliError::io(format!("write {}", part.display()), e))?;
+        out.write_all(&chunk.blob).map_err(|e| fail(CliError::io(format!("write {}", part.display()), e)))?;
         written += chunk.blob.len() as u64;
+        remaining = chunk.remaining_bytes;
         bar.set_length(written + chunk.remaining_bytes);
         bar.set_position(written);
-        // A snapshot can be large; allow each chunk the command timeout, not the whole stream.
-        idle = ctx.global.command_timeout;
     }
     bar.finish_and_clear();
-    out.sync_all().map_err(|e| CliError::io(format!("sync {}", part.display()), e))?;
+    if remaining != 0 {
+        return Err(fail(
+            CliError::failed(format!("the snapshot stream ended {remaining} bytes early (after {written} bytes)"))
+                .with_hint("the member may have restarted: run snapshot save again"),
+        ));
+    }
+    out.sync_all().map_err(|e| fail(CliError::io(format!("sync {}", part.display()), e)))?;
     drop(out);
     std::fs::rename(&part, file)
         .map_err(|e| CliError::io(format!("rename {} to {}", part.display(), file.display()), e))?;

@@ -246,3 +246,59 @@ impl Render for Report {
         self.table_of_members()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_client::{AlarmKind, Header};
+
+    fn view(id: u64, leader: u64, term: u64, applied: u64) -> MemberView {
+        let status = MemberStatus {
+            header: Header { member_id: id, ..Default::default() },
+            leader,
+            raft_term: term,
+            raft_applied_index: applied,
+            db_size: 20_000,
+            ..Default::default()
+        };
+        MemberView {
+            member: Member { id, name: format!("m{id}"), ..Default::default() },
+            endpoint: format!("127.0.0.1:{id}"),
+            status: Ok(status),
+            rtt: Duration::from_millis(id),
+            lag: None,
+        }
+    }
+
+    #[test]
+    fn a_settled_cluster_is_ok_and_names_its_slowest_member() {
+        let r = judge(7, vec![view(1, 1, 3, 100), view(2, 1, 3, 99), view(3, 1, 3, 100)], Vec::new(), 10);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+        assert_eq!((r.leader, r.term), (Some(1), Some(3)));
+        assert_eq!(r.members.iter().map(|m| m.lag).collect::<Vec<_>>(), vec![Some(0), Some(1), Some(0)]);
+        assert_eq!(r.slowest().map(|m| m.member.id), Some(3));
+        let p = Printer { format: crate::cli::OutputFormat::Simple, hex: false };
+        assert!(r.simple(&p).starts_with("cluster 7: OK (3 members, leader m1 (1), term 3)\n"), "{}", r.simple(&p));
+    }
+
+    #[test]
+    fn each_problem_is_named() {
+        let mut down = view(3, 0, 0, 0);
+        down.status = Err("connection refused".into());
+        let alarm = Alarm { member_id: 2, kind: AlarmKind::NoSpace };
+        let r = judge(7, vec![view(1, 1, 3, 5000), view(2, 1, 2, 10), down], vec![alarm], 1000);
+        let all = r.problems.join("\n");
+        assert!(all.contains("member m2 lags 4990 entries"), "{all}");
+        assert!(all.contains("member m2 is at term 2 but the leader at 3"), "{all}");
+        assert!(all.contains("member m3 unreachable: connection refused"), "{all}");
+        assert!(all.contains("alarm NOSPACE raised by member 2"), "{all}");
+    }
+
+    #[test]
+    fn no_leader_or_split_views_are_problems() {
+        let r = judge(7, vec![view(1, 0, 3, 1), view(2, 0, 3, 1)], Vec::new(), 10);
+        assert!(r.problems.iter().any(|p| p.starts_with("no leader")), "{:?}", r.problems);
+        let r = judge(7, vec![view(1, 1, 3, 1), view(2, 2, 3, 1)], Vec::new(), 10);
+        assert!(r.problems.iter().any(|p| p.contains("disagree on the leader (1, 2)")), "{:?}", r.problems);
+    }
+}
