@@ -268,3 +268,72 @@ fn completion_scripts_and_help() {
     let txn = run_ctl(&["txn", "--help"], None).ok().to_string();
     assert!(txn.contains("TARGET(\"KEY\")"), "{txn}");
 }
+
+#[test]
+fn watch_resumes_on_another_member_without_gap_or_duplicate() {
+    use std::io::{BufRead, BufReader};
+    use std::time::{Duration, Instant};
+
+    let mut c = TestCluster::start(Kind::Cairn, 3);
+    let all = c.endpoints();
+    let others = format!("{},{}", c.endpoint(1), c.endpoint(2));
+    // The watch starts on member 0 (the first endpoint) and must move on when it dies.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--endpoints", &all, "watch", "w/", "--prefix"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut read_until = |n: usize, lines: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines.len() < n {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => lines.push(l),
+                Err(_) => panic!("watch printed only {lines:?}"),
+            }
+        }
+    };
+    // Let the watch be created before the first write (it starts at "now").
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 1..=5 {
+        ctl(&others, &["put", &format!("w/{i}"), "v"]).ok();
+    }
+    read_until(15, &mut lines);
+    c.kill(0);
+    for i in 6..=10 {
+        // The leader may have died with member 0: retry until a new one is elected.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = ctl(&others, &["put", &format!("w/{i}"), "v"]);
+            if out.code == 0 {
+                break;
+            }
+            // A write whose outcome is unknown may have been applied: look before retrying.
+            if out.stderr.contains("outcome unknown")
+                && ctl(&others, &["get", &format!("w/{i}"), "--count-only"]).stdout == "1\n"
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "put w/{i}: {out:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    read_until(30, &mut lines);
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let keys: Vec<&str> = lines.chunks(3).map(|e| e[1].as_str()).collect();
+    let expected: Vec<String> = (1..=10).map(|i| format!("w/{i}")).collect();
+    assert_eq!(keys, expected, "every event exactly once, in order");
+    assert!(lines.chunks(3).all(|e| e[0] == "PUT" && e[2] == "v"), "{lines:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from revision"), "no resume reported");
+}
