@@ -294,7 +294,7 @@ fn watch_resumes_on_another_member_without_gap_or_duplicate() {
         }
     });
     let mut lines = Vec::new();
-    let mut read_until = |n: usize, lines: &mut Vec<String>| {
+    let read_until = |n: usize, lines: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while lines.len() < n {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
