@@ -14,7 +14,8 @@ CAIRNCTL_HEX. A flag on the command line wins over the environment.
 
 Exit codes: 0 success; 1 the cluster refused or failed the request; 2 bad command-line
 usage; 3 invalid input (for example txn grammar); 4 no endpoint reachable or the
-command timed out; 5 a check found a problem (cluster health, check perf).";
+command timed out; 5 a check found a problem (cluster health, endpoint health,
+check perf).";
 
 /// cairnctl: see and fix a Cairn (or etcd) cluster from one tool.
 ///

@@ -204,8 +204,20 @@ fn endpoint_status_and_health_on_three_members() {
     assert!(health.as_array().unwrap().iter().all(|h| h["health"] == true), "{health}");
     assert!(ctl(&all, &["endpoint", "health"]).ok().contains("is healthy: successfully committed proposal"));
 
+    // cluster health: the member list, or (while Cairn lacks the Cluster API) --endpoints.
+    let report = ctl(&all, &["cluster", "health", "-w", "json"]).json();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["members"].as_array().unwrap().len(), 3);
+    assert!(report["members"].as_array().unwrap().iter().all(|m| m["lag"].as_u64().is_some()), "{report}");
+    let screen = ctl(&all, &["cluster", "health"]).ok().to_string();
+    assert!(screen.contains(": OK (3 members, leader "), "{screen}");
+    assert!(screen.contains("alarms: none") && screen.contains("slowest member: "), "{screen}");
+
     // A dead member: health and status say which one, with exit codes.
     c.kill(2);
+    let out = ctl(&all, &["cluster", "health", "--dial-timeout", "500ms"]);
+    out.fails(5, &["cluster is not healthy", "unreachable"]);
+    assert!(out.stdout.contains("NOT OK") && out.stdout.contains(&c.endpoint(2)), "{out:?}");
     let out = ctl(&all, &["endpoint", "health", "--dial-timeout", "500ms"]);
     out.fails(5, &["1 of 3 endpoints unhealthy"]);
     assert!(out.stdout.contains(&format!("{} is unhealthy", c.endpoint(2))), "{out:?}");

@@ -68,8 +68,15 @@ fn report_failures<T>(what: &str, results: &[(String, CliResult<T>)]) -> CliResu
     }
     let all_unreachable = results.iter().all(|(_, r)| matches!(r, Err(e) if e.kind == ExitKind::Unreachable));
     let kind = if all_unreachable { ExitKind::Unreachable } else { ExitKind::Failed };
+    // When every failure has the same advice (e.g. an unsupported call), give that.
+    let hints: Vec<Option<&String>> =
+        failed.iter().map(|(_, r)| r.as_ref().err().and_then(|e| e.hint.as_ref())).collect();
+    let hint = match hints.first() {
+        Some(Some(h)) if hints.iter().all(|x| x == &Some(*h)) && failed.len() == results.len() => (*h).clone(),
+        _ => "check those members (`cairnctl cluster health`) and that --endpoints is right".to_string(),
+    };
     Err(CliError::new(kind, format!("{what} failed on {} of {} endpoints", failed.len(), results.len()))
-        .with_hint("check those members (`cairnctl cluster health`) and that --endpoints is right"))
+        .with_hint(hint))
 }
 
 pub async fn run(ctx: &Ctx, cmd: &EndpointCommand) -> CliResult<()> {

@@ -34,15 +34,35 @@ struct Report {
 pub async fn run(ctx: &Ctx, a: &HealthArgs) -> CliResult<()> {
     let client = ctx.connect().await?;
     // Serializable: the member list must come back even from a cluster without a quorum.
-    let list = ctx.bounded(async { Ok(client.member_list(false).await?) }).await?;
-    let members = probe_members(ctx, list.members).await;
+    let (cluster_id, members, note) = match ctx.bounded(async { Ok(client.member_list(false).await?) }).await {
+        Ok(list) => (list.header.cluster_id, list.members, None),
+        // A server without the Cluster API: judge the members named by --endpoints.
+        Err(e) if e.message.starts_with("not supported") => {
+            let members = ctx
+                .endpoints()
+                .into_iter()
+                .map(|url| Member { client_urls: vec![url], ..Default::default() })
+                .collect();
+            (0, members, Some(format!("note: no member list ({}); showing the members in --endpoints", e.message)))
+        }
+        Err(e) => return Err(e),
+    };
+    let members = probe_members(ctx, members).await;
+    let cluster_id = if cluster_id != 0 {
+        cluster_id
+    } else {
+        members.iter().find_map(|m| m.status.as_ref().ok().map(|s| s.header.cluster_id)).unwrap_or(0)
+    };
     let alarms = match ctx.bounded(async { Ok(client.alarm_list().await?) }).await {
         Ok(a) => Ok(a),
         // A server without the alarm call has no alarms to report.
         Err(e) if e.message.starts_with("not supported") => Ok(Vec::new()),
         Err(e) => Err(e.message),
     };
-    let mut report = judge(list.header.cluster_id, members, alarms.clone().unwrap_or_default(), a.max_lag);
+    let mut report = judge(cluster_id, members, alarms.clone().unwrap_or_default(), a.max_lag);
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     if let Err(e) = alarms {
         report.problems.push(format!("could not read the alarms: {e}"));
     }
@@ -69,6 +89,13 @@ async fn probe_members(ctx: &Ctx, members: Vec<Member>) -> Vec<MemberView> {
         .await
         .map_err(|e: CliError| e.message);
         let rtt = start.elapsed();
+        let mut m = m;
+        if let Ok(s) = &status {
+            // Members taken from --endpoints learn their ID from their status.
+            if m.id == 0 {
+                m.id = s.header.member_id;
+            }
+        }
         MemberView { member: m, endpoint: display_endpoint(&url), status, rtt, lag: None }
     });
     futures::future::join_all(jobs).await
@@ -186,7 +213,12 @@ impl Render for Report {
     fn simple(&self, _: &Printer) -> String {
         let verdict = if self.problems.is_empty() { "OK" } else { "NOT OK" };
         let leader = match self.leader {
-            Some(l) => format!("leader {} ({l:x}), term {}", self.member_name(l), self.term.unwrap_or(0)),
+            Some(l) => {
+                let id = format!("{l:x}");
+                let name = self.member_name(l);
+                let who = if name == id { id } else { format!("{name} ({id})") };
+                format!("leader {who}, term {}", self.term.unwrap_or(0))
+            }
             None => "no leader".into(),
         };
         let mut s = format!("cluster {:x}: {verdict} ({} members, {leader})\n", self.cluster_id, self.members.len());
