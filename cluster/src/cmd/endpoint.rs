@@ -21,7 +21,15 @@ pub async fn targets(ctx: &Ctx, cluster: bool) -> CliResult<Vec<String>> {
         return Ok(ctx.endpoints());
     }
     let client = ctx.connect().await?;
-    let list = ctx.bounded(async { Ok(client.member_list(true).await?) }).await?;
+    let list = match ctx.bounded(async { Ok(client.member_list(true).await?) }).await {
+        Ok(list) => list,
+        // A server without the Cluster API: --endpoints is the best list there is.
+        Err(e) if e.message.starts_with("not supported") => {
+            eprintln!("note: no member list ({}); using --endpoints", e.message);
+            return Ok(ctx.endpoints());
+        }
+        Err(e) => return Err(e),
+    };
     let mut urls: Vec<String> = Vec::new();
     for m in &list.members {
         for u in &m.client_urls {
