@@ -33,5 +33,6 @@ pub const PERF_KEYS: u64 = 1000;
 /// `watch -- command`: longest a per-event command may run before it is killed.
 pub const WATCH_COMMAND_SECONDS_MAX: u64 = 60;
 
-/// `watch`: attempts to reopen a broken watch stream before giving up.
-pub const WATCH_REOPEN_ATTEMPTS_MAX: u32 = 20;
+/// `watch`, `lease keep-alive`: attempts to reopen a broken stream (each on the
+/// next member) before giving up.
+pub const STREAM_REOPEN_ATTEMPTS_MAX: u32 = 20;

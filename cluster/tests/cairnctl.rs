@@ -349,3 +349,33 @@ fn watch_resumes_on_another_member_without_gap_or_duplicate() {
     assert!(lines.chunks(3).all(|e| e[0] == "PUT" && e[2] == "v"), "{lines:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("resuming from revision"), "no resume reported");
 }
+
+#[test]
+fn keep_alive_moves_to_another_member_when_its_member_dies() {
+    use std::time::Duration;
+
+    let mut c = TestCluster::start(Kind::Cairn, 3);
+    let all = c.endpoints();
+    let others = format!("{},{}", c.endpoint(1), c.endpoint(2));
+    const TTL: u64 = 6;
+    let id = lease_id_of(ctl(&all, &["lease", "grant", &TTL.to_string()]).ok());
+    ctl(&all, &["put", "alive", "1", "--lease", &id]).ok();
+    // keep-alive starts on member 0, the first endpoint.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--endpoints", &all, "lease", "keep-alive", &id])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn keep-alive");
+    std::thread::sleep(Duration::from_secs(1));
+    c.kill(0);
+    // Well past the TTL: the lease (and its key) live only if keep-alive moved on.
+    std::thread::sleep(Duration::from_secs(TTL + 3));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(still_running, "keep-alive exited: {stderr}");
+    assert!(stderr.contains("reopening"), "the lost stream is not reported: {stderr}");
+    assert_eq!(ctl(&others, &["get", "alive", "--print-value-only"]).ok(), "1\n", "{stderr}");
+}

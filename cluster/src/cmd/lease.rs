@@ -5,12 +5,13 @@
 
 use std::time::Duration;
 
-use cairn_client::{Error as ClientError, Header};
+use cairn_client::{Client, Error as ClientError, Header, LeaseKeepAlive};
 use serde_json::{json, Map, Value};
 
 use crate::cli::LeaseCommand;
 use crate::ctx::{parse_hex_id, Ctx};
 use crate::errors::{CliError, CliResult};
+use crate::limits;
 use crate::output::{b64, header_json, Printer, Render, Table};
 
 pub async fn run(ctx: &Ctx, cmd: &LeaseCommand) -> CliResult<()> {
@@ -76,7 +77,13 @@ async fn keep_alive(ctx: &Ctx, id: i64, once: bool) -> CliResult<()> {
             // A broken stream (member died): open a new one, on another member if need be.
             Ok(Err(ClientError::Unavailable { reason })) if !once => {
                 eprintln!("keep-alive stream lost ({reason}); reopening");
-                keeper = ctx.bounded(async { Ok(client.lease_keep_alive(id).await?) }).await?;
+                keeper = reopen(ctx, &client, id).await?;
+                continue;
+            }
+            // A member that stopped answering: the same, after the command timeout.
+            Err(_) if !once => {
+                eprintln!("keep-alive got no answer within {limit:?}; reopening");
+                keeper = reopen(ctx, &client, id).await?;
                 continue;
             }
             Ok(Err(e)) => return Err(e.into()),
@@ -93,6 +100,21 @@ async fn keep_alive(ctx: &Ctx, id: i64, once: bool) -> CliResult<()> {
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
     }
+}
+
+/// Opens a new keep-alive stream; every failed attempt moves the client to the next member.
+async fn reopen(ctx: &Ctx, client: &Client, id: i64) -> CliResult<LeaseKeepAlive> {
+    let mut last = None;
+    for attempt in 0..limits::STREAM_REOPEN_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match ctx.bounded(async { Ok(client.lease_keep_alive(id).await?) }).await {
+            Ok(k) => return Ok(k),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| CliError::failed("no attempt made")).context("reopen the keep-alive stream"))
 }
 
 fn inline_header(h: &Header) -> Map<String, Value> {

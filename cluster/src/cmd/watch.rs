@@ -85,7 +85,7 @@ where
     W: std::future::IntoFuture<Output = cairn_client::Result<WatchStream>>,
 {
     let mut last = None;
-    for attempt in 0..limits::WATCH_REOPEN_ATTEMPTS_MAX {
+    for attempt in 0..limits::STREAM_REOPEN_ATTEMPTS_MAX {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
