@@ -142,6 +142,13 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_converges_and_never_goes_back_in_revision() {
+    if common::server_kind() == common::ServerKind::Etcd {
+        // etcd before 3.4.25 / 3.5.8 may answer a progress request with a
+        // revision whose events an unsynced watcher has not received yet (etcd
+        // issue 15220), which a mirror cannot tell from real progress.
+        eprintln!("skipped against etcd: its progress notifications run ahead of events");
+        return;
+    }
     let mut cluster = Cluster::start(3).await;
     // The mirror only knows member 0, so it must wait for it to come back and
     // resume (or relist, if the history it needs was compacted meanwhile).
