@@ -199,7 +199,10 @@ pub(crate) fn classify(status: Status, effect: Effect) -> Verdict {
         }
         Code::Unavailable => match msg.as_str() {
             // Refused before proposing: nothing was appended anywhere.
-            "etcdserver: no leader" | "etcdserver: not leader" | "etcdserver: too many requests" => not_applied(msg),
+            "etcdserver: no leader"
+            | "etcdserver: not leader"
+            | "etcdserver: too many requests"
+            | "etcdserver: unhealthy cluster" => not_applied(msg),
             // Proposed (or forwarded) and then lost track of: may have been applied.
             _ => unknown(msg),
         },
