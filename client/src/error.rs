@@ -35,8 +35,9 @@ pub enum Error {
     /// or list again and watch from the listing's revision + 1.
     #[error("revision has been compacted{}", fmt_compact(*.compact_revision))]
     Compacted {
-        /// The revision the store was compacted at, when the server said it
-        /// (watch streams do; range errors do not).
+        /// The revision the store was compacted at: every revision below it is
+        /// gone. `None` only if the server could not be asked (the etcd API
+        /// reports it on watches; for reads the client asks with a probe watch).
         compact_revision: Option<i64>,
     },
     /// The requested revision is newer than the store's current revision.

@@ -593,8 +593,32 @@ impl Client {
                 let req = req.clone();
                 async move { Ok(KvClient::new(ch).max_decoding_message_size(max).range(req).await?.into_inner()) }
             })
-            .await?;
-        Ok(resp.into())
+            .await;
+        match resp {
+            Ok(resp) => Ok(resp.into()),
+            Err(Error::Compacted { compact_revision: None }) if req.revision > 0 => {
+                Err(Error::Compacted { compact_revision: self.compact_revision_at(req.key, req.revision).await })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The store's compaction revision, learnt the one way the etcd API tells
+    /// it: a watch from a compacted revision is cancelled with it. `None` if the
+    /// probe does not say (it is only used to enrich an error).
+    async fn compact_revision_at(&self, key: Vec<u8>, revision: i64) -> Option<i64> {
+        let probe = async {
+            let mut w = match self.watch(key).start_revision(revision).send().await {
+                Err(Error::Compacted { compact_revision }) => return compact_revision,
+                Err(_) => return None,
+                Ok(w) => w,
+            };
+            match futures::StreamExt::next(&mut w).await {
+                Some(Err(Error::Compacted { compact_revision })) => compact_revision,
+                _ => None,
+            }
+        };
+        tokio::time::timeout(self.request_timeout(), probe).await.ok().flatten()
     }
 }
 

@@ -69,7 +69,7 @@ async fn raw_kv_txn_watch_lease_and_error_mapping() {
     let now = ok("del b", c.delete("t/b").send()).await.header.revision;
     ok("compact", c.compact(now, true)).await;
     match within("get compacted", c.get("t/a").revision(r1).send()).await {
-        Err(Error::Compacted { .. }) => {}
+        Err(Error::Compacted { compact_revision: Some(rev) }) => assert_eq!(rev, now),
         other => panic!("expected Compacted, got {other:?}"),
     }
     let w = within("watch compacted", c.watch("t/a").start_revision(r1).send()).await;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Bincode, Client, Election, Error, EventKind, Keyspace, LeaseHandle, LeaseState, Mirror, TypedEvent, WatchBatch,
+    Bincode, Client, Election, Error, EventKind, Keyspace, LeaseHandle, LeaseState, Lock, Mirror, TypedEvent,
+    WatchBatch,
 };
 use common::{ok, test_options, within, Cluster};
 use futures::StreamExt;
@@ -319,4 +320,39 @@ async fn keep_alive_loss_is_reported() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_is_exclusive_and_fences_the_previous_holder() {
+    let cluster = Cluster::start(3).await;
+    let c1 = cluster.client_starting_at(0).await;
+    let c2 = cluster.client_starting_at(1).await;
+    let lease1 = ok("lease 1", LeaseHandle::grant(&c1, 10)).await;
+    let lease2 = ok("lease 2", LeaseHandle::grant(&c2, 10)).await;
+    let lock = Lock::new(&c1, "locks/job");
+    let first = ok("acquire 1", lock.acquire(&lease1)).await;
+    let waiting = {
+        let lock = Lock::new(&c2, "locks/job");
+        tokio::spawn(async move {
+            let guard = lock.acquire(&lease2).await;
+            (guard, lease2)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the lock must not be granted twice");
+    let holder = ok("holder", lock.holder()).await.expect("held");
+    assert_eq!(holder.token, first.fencing_token());
+    ok("fenced write 1", first.fence().put("locks/job-data", "1")).await;
+
+    let stale = first.fence();
+    ok("unlock", first.unlock()).await;
+    let (second, _lease2) = within("acquire 2", waiting).await.expect("task");
+    let second = second.expect("second holder");
+    assert!(second.fencing_token() > stale.token());
+    match within("stale write", stale.put("locks/job-data", "stale")).await {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("the previous holder's write must be fenced, got {other:?}"),
+    }
+    ok("fenced write 2", second.fence().put("locks/job-data", "2")).await;
+    assert!(ok("held", second.is_held()).await);
 }
