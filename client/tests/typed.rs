@@ -76,7 +76,7 @@ async fn committed_history(c: &Client, prefix: &str, from: i64, upto: i64) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence() {
+async fn typed_watch_across_leader_kill_and_client_reconnect_delivers_exactly_the_committed_sequence() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     // The watcher talks to the leader first, so killing the leader also breaks
@@ -86,9 +86,25 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
     let start = ok("list", watcher.list()).await.revision + 1;
     let mut events = watcher.watch(Some(start));
 
+    // Halfway, the consumer also drops its stream and its client, and resumes
+    // with a new client from the position the old stream reported.
+    let (reconnect_tx, mut reconnect_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
     let collector = tokio::spawn(async move {
         let mut got = Vec::new();
-        while let Some(e) = events.next().await {
+        let mut reconnected = false;
+        loop {
+            let next = tokio::select! {
+                e = events.next() => e,
+                eps = &mut reconnect_rx, if !reconnected => {
+                    reconnected = true;
+                    let from = events.next_revision().expect("position known");
+                    drop(events);
+                    let client = Client::connect(eps.expect("endpoints"), test_options()).await.expect("reconnect");
+                    events = Keyspace::<u64>::new(client, "w/").watch(Some(from));
+                    continue;
+                }
+            };
+            let Some(e) = next else { panic!("typed watch ended early after {got:?}") };
             let e = e.expect("typed watch yields no error here");
             let done = e.key() == "done";
             got.push(match e {
@@ -96,16 +112,22 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
                 TypedEvent::Delete { key, revision, .. } => (key, String::new(), revision),
             });
             if done {
+                assert!(reconnected, "the consumer never reconnected");
                 return got;
             }
         }
-        panic!("typed watch ended early after {got:?}");
     });
 
+    let mut reconnect_tx = Some(reconnect_tx);
     let mut acked = Vec::new();
     for i in 0..60u64 {
         if i == 20 {
             cluster.kill(leader);
+        }
+        if i == 30 {
+            let mut eps = cluster.endpoints();
+            eps.rotate_left((leader + 2) % 3);
+            reconnect_tx.take().expect("once").send(eps).expect("collector alive");
         }
         if i == 40 {
             cluster.restart(leader);
