@@ -159,6 +159,13 @@ fn fmt_lease(lease: Option<i64>) -> String {
 }
 
 /// Convenience alias used by every call of this crate.
+///
+/// ```
+/// fn parse(s: &str) -> cairn_client::Result<i64> {
+///     s.parse().map_err(|_| cairn_client::Error::InvalidArgument(format!("not a number: {s}")))
+/// }
+/// assert!(parse("x").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Whether a failed request may already have taken effect.

@@ -17,6 +17,13 @@ use crate::error::{classify, Effect, Error, Result, Verdict};
 use crate::kv::{with_lease, Header};
 
 /// A granted lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let g = client.lease_grant(10).await?;
+/// println!("lease {:x} for {}s", g.id, g.ttl);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseGrant {
     /// Header.
@@ -28,6 +35,13 @@ pub struct LeaseGrant {
 }
 
 /// The state of a lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client, id: i64) -> cairn_client::Result<()> {
+/// let t = client.lease_time_to_live(id, true).await?;
+/// println!("{}s of {}s left; keys: {:?}", t.ttl, t.granted_ttl, t.keys);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseTimeToLive {
     /// Header.
@@ -196,6 +210,16 @@ fn lease_verdict(s: tonic::Status, id: i64) -> Verdict {
 }
 
 /// A keep-alive stream for one lease (see [`Client::lease_keep_alive`]).
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client, id: i64) -> cairn_client::Result<()> {
+/// let mut k = client.lease_keep_alive(id).await?;
+/// loop {
+///     tokio::time::sleep(std::time::Duration::from_secs(k.ttl() as u64 / 3)).await;
+///     k.keep_alive().await?;
+/// }
+/// # }
+/// ```
 pub struct LeaseKeepAlive {
     id: i64,
     ttl: i64,

@@ -14,6 +14,16 @@ use crate::typed_watch::AbortOnDrop;
 pub const LEASE_TTL_SECONDS_MIN: i64 = 2;
 
 /// The state of a [`LeaseHandle`]'s lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{LeaseHandle, LeaseState};
+/// let lease = LeaseHandle::grant(&client, 10).await?;
+/// if let LeaseState::Lost { reason } = lease.state() {
+///     eprintln!("lost: {reason}");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseState {
     /// Kept alive; the server has confirmed the lease until at least this
