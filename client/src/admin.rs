@@ -13,6 +13,14 @@ use crate::error::{classify, Effect, Result, Verdict};
 use crate::kv::Header;
 
 /// A member of the cluster.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// for m in client.member_list(false).await?.members {
+///     println!("{:x} {} learner={}", m.id, m.name, m.is_learner);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Member {
     /// The member's ID.
@@ -40,6 +48,13 @@ impl From<cairn_proto::etcdserverpb::Member> for Member {
 }
 
 /// The membership after a change (and, for an add, the new member).
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let r = client.member_add(vec!["http://10.0.0.4:2380".into()], true).await?;
+/// println!("added {:x}; {} members now", r.member.unwrap().id, r.members.len());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MembershipResponse {
     /// Header.
@@ -51,6 +66,14 @@ pub struct MembershipResponse {
 }
 
 /// The status of the member that answered.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let s = client.status().await?;
+/// let leads = s.leader == s.header.member_id;
+/// println!("{} bytes, leader: {leads}, errors: {:?}", s.db_size, s.errors);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemberStatus {
     /// Header (`header.member_id` is the answering member).
@@ -76,6 +99,15 @@ pub struct MemberStatus {
 }
 
 /// An alarm raised on a member.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::AlarmKind;
+/// if client.alarm_list().await?.iter().any(|a| a.kind == AlarmKind::NoSpace) {
+///     println!("out of space: writes are refused");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alarm {
     /// The member the alarm is raised on.
@@ -85,6 +117,13 @@ pub struct Alarm {
 }
 
 /// Kinds of alarm.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::AlarmKind;
+/// client.alarm_disarm(0, AlarmKind::None).await?; // every alarm on every member
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlarmKind {
     /// No alarm (as a filter: every alarm).
@@ -114,6 +153,17 @@ impl AlarmKind {
 }
 
 /// The hash of the key-value history up to a revision, to compare members.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let rev = client.get("any").await?.header.revision;
+/// let mut hashes = Vec::new();
+/// for ep in client.endpoints() {
+///     hashes.push(client.pinned(&ep)?.hash_kv(rev).await?.hash);
+/// }
+/// assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members diverged");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HashKv {
     /// Header (`header.member_id` is the answering member).
@@ -127,6 +177,17 @@ pub struct HashKv {
 }
 
 /// One chunk of a snapshot stream.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use futures::StreamExt;
+/// let mut snap = Box::pin(client.snapshot().await?);
+/// while let Some(chunk) = snap.next().await {
+///     let chunk = chunk?;
+///     println!("{} bytes, {} to go", chunk.blob.len(), chunk.remaining_bytes);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SnapshotChunk {
     /// Bytes still to come after this chunk.

@@ -249,7 +249,7 @@ fn endpoint(url: &str, opts: &ClientOptions) -> Result<Endpoint> {
         .connect_timeout(opts.connect_timeout)
         .http2_keep_alive_interval(opts.keep_alive_interval)
         .keep_alive_timeout(opts.keep_alive_timeout)
-        .keep_alive_while_idle(true)
+        .keep_alive_while_idle(opts.keep_alive_while_idle)
         .tcp_nodelay(true))
 }
 

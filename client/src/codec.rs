@@ -21,6 +21,12 @@ pub trait Codec: Clone + Send + Sync + 'static {
 }
 
 /// JSON (`serde_json`): readable with `etcdctl get`, tolerant of added fields.
+///
+/// ```
+/// use cairn_client::{Codec, Json};
+/// let bytes = Json.encode(&serde_json::json!({"limit": 10})).unwrap();
+/// assert_eq!(bytes, br#"{"limit":10}"#);
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Json;
 

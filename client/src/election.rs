@@ -129,6 +129,15 @@ impl Fence {
 }
 
 /// The current leader of an election.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::Election;
+/// if let Some(l) = Election::new(&client, "scheduler").leader().await? {
+///     println!("{} leads with token {}", String::from_utf8_lossy(&l.value), l.token);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderInfo {
     /// The leader's election key.
@@ -320,6 +329,16 @@ impl Election {
 }
 
 /// The stream returned by [`Election::observe`].
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use futures::StreamExt;
+/// let mut changes = cairn_client::Election::new(&client, "scheduler").observe();
+/// if let Some(leader) = changes.next().await {
+///     println!("current leader: {:?}", leader?);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Observe {
     rx: mpsc::Receiver<Result<Option<LeaderInfo>>>,
@@ -403,6 +422,17 @@ fn delete_if_held(client: &Client, key: &str, token: i64) {
 
 /// Leadership won by [`Election::campaign`]. Dropping it resigns (best effort);
 /// so does the end of its lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{Election, LeaseHandle};
+/// let lease = LeaseHandle::grant(&client, 10).await?;
+/// let leadership = Election::new(&client, "scheduler").campaign(&lease, "me").await?;
+/// leadership.proclaim("me, busy").await?;
+/// assert!(leadership.is_leader().await?);
+/// leadership.resign().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Leadership {
     fence: Fence,
@@ -498,6 +528,16 @@ impl Lock {
 }
 
 /// A held [`Lock`]; dropping it unlocks (best effort).
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{LeaseHandle, Lock};
+/// let lease = LeaseHandle::grant(&client, 10).await?;
+/// let guard = Lock::new(&client, "locks/migrate").acquire(&lease).await?;
+/// println!("holding with token {}", guard.fencing_token());
+/// guard.unlock().await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct LockGuard(Leadership);
 

@@ -35,8 +35,9 @@ pub enum Error {
     /// or list again and watch from the listing's revision + 1.
     #[error("revision has been compacted{}", fmt_compact(*.compact_revision))]
     Compacted {
-        /// The revision the store was compacted at, when the server said it
-        /// (watch streams do; range errors do not).
+        /// The revision the store was compacted at: every revision below it is
+        /// gone. `None` only if the server could not be asked (the etcd API
+        /// reports it on watches; for reads the client asks with a probe watch).
         compact_revision: Option<i64>,
     },
     /// The requested revision is newer than the store's current revision.
@@ -158,6 +159,13 @@ fn fmt_lease(lease: Option<i64>) -> String {
 }
 
 /// Convenience alias used by every call of this crate.
+///
+/// ```
+/// fn parse(s: &str) -> cairn_client::Result<i64> {
+///     s.parse().map_err(|_| cairn_client::Error::InvalidArgument(format!("not a number: {s}")))
+/// }
+/// assert!(parse("x").is_err());
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Whether a failed request may already have taken effect.
@@ -199,7 +207,10 @@ pub(crate) fn classify(status: Status, effect: Effect) -> Verdict {
         }
         Code::Unavailable => match msg.as_str() {
             // Refused before proposing: nothing was appended anywhere.
-            "etcdserver: no leader" | "etcdserver: not leader" | "etcdserver: too many requests" => not_applied(msg),
+            "etcdserver: no leader"
+            | "etcdserver: not leader"
+            | "etcdserver: too many requests"
+            | "etcdserver: unhealthy cluster" => not_applied(msg),
             // Proposed (or forwarded) and then lost track of: may have been applied.
             _ => unknown(msg),
         },

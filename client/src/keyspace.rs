@@ -13,10 +13,23 @@ use crate::options::{CAS_ATTEMPTS_MAX_DEFAULT, LIST_PAGE_KEYS_MAX};
 use crate::txn::{Compare, CompareOp, TxnOp, TxnOpResponse};
 
 /// The values a [`Keyspace`] can hold.
+///
+/// ```
+/// fn takes<T: cairn_client::Value>() {}
+/// takes::<Vec<String>>(); // any owned serde type
+/// ```
 pub trait Value: Serialize + DeserializeOwned + Send + Sync + 'static {}
 impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Value for T {}
 
 /// A value with the revisions of the key that holds it.
+///
+/// ```no_run
+/// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
+/// let v = ks.get("n").await?.expect("exists");
+/// // Compare-and-swap on the revision read.
+/// ks.put_if_revision("n", v.value * 2, v.mod_revision).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Versioned<T> {
     /// The key, relative to the keyspace's prefix.
@@ -36,6 +49,16 @@ pub struct Versioned<T> {
 }
 
 /// Every value of a keyspace at one revision.
+///
+/// ```no_run
+/// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+/// let listing = ks.list().await?;
+/// for v in &listing.items {
+///     println!("{} = {}", v.key, v.value);
+/// }
+/// let later_changes = ks.watch(Some(listing.revision + 1));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listing<T> {
     /// The revision the listing is consistent at: watch from `revision + 1` to
@@ -46,6 +69,15 @@ pub struct Listing<T> {
 }
 
 /// The result of a delete.
+///
+/// ```no_run
+/// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+/// let d = ks.delete("a").await?;
+/// if d.prev.is_none() {
+///     println!("nothing to delete");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deleted<T> {
     /// Revision of the delete (the store's revision if nothing was deleted).

@@ -14,9 +14,24 @@ use crate::error::{Effect, Error, Result};
 
 /// A boxed future, as the request builders of this crate return from
 /// `IntoFuture`.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use std::future::IntoFuture;
+/// let fut: cairn_client::BoxFuture<_> = client.get("k").into_future();
+/// let resp = fut.await?;
+/// # Ok(()) }
+/// ```
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 /// The header every response carries.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let h = client.put("k", "v").await?.header;
+/// println!("applied at revision {} by member {:x}", h.revision, h.member_id);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Header {
     /// The cluster's ID.
@@ -38,6 +53,15 @@ impl From<Option<ResponseHeader>> for Header {
 }
 
 /// One key with its value and revisions.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// if let Some(kv) = client.get("k").await?.into_first() {
+///     println!("{} = {} (created {}, modified {}, v{})", kv.key_str(), kv.value_str(),
+///         kv.create_revision, kv.mod_revision, kv.version);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyValue {
     /// The key.
@@ -81,6 +105,13 @@ impl From<mvccpb::KeyValue> for KeyValue {
 }
 
 /// The result of a get/range.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let page = client.get("jobs/").prefix().limit(100).await?;
+/// println!("{} of {} jobs, more: {}", page.kvs.len(), page.count, page.more);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GetResponse {
     /// Header; `header.revision` is the revision the read saw.
@@ -117,6 +148,13 @@ impl From<PbRangeResponse> for GetResponse {
 }
 
 /// The result of a put.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let r = client.put("k", "new").prev_kv().await?;
+/// println!("was {:?}", r.prev_kv.map(|kv| kv.value));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PutResponse {
     /// Header; `header.revision` is the revision of this write.
@@ -126,6 +164,13 @@ pub struct PutResponse {
 }
 
 /// The result of a delete.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let r = client.delete("tmp/").prefix().prev_kv().await?;
+/// assert_eq!(r.deleted as usize, r.prev_kvs.len());
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeleteResponse {
     /// Header; `header.revision` is the revision of this delete (unchanged if
@@ -138,6 +183,13 @@ pub struct DeleteResponse {
 }
 
 /// The result of a compaction.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let rev = client.get("k").await?.header.revision;
+/// client.compact(rev, false).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompactResponse {
     /// Header.
@@ -145,6 +197,13 @@ pub struct CompactResponse {
 }
 
 /// Which field a range is sorted by.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{SortOrder, SortTarget};
+/// let newest = client.get("events/").prefix().sort(SortTarget::Create, SortOrder::Descend).limit(1).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortTarget {
     /// The key (bytewise).
@@ -160,6 +219,13 @@ pub enum SortTarget {
 }
 
 /// Sort direction of a range.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{SortOrder, SortTarget};
+/// let last_key = client.get("a/").prefix().sort(SortTarget::Key, SortOrder::Descend).limit(1).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortOrder {
     /// Smallest first.
@@ -183,6 +249,12 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 /// Options of a get/range, usable on its own inside a transaction
 /// ([`crate::TxnOp::get`]) or through [`Client::get`].
+///
+/// ```
+/// use cairn_client::{TxnOp, TxnSpec};
+/// let spec = TxnSpec::new().and_then([TxnOp::get("jobs/").prefix().keys_only()]);
+/// # let _ = spec;
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct GetOp {
     pub(crate) req: RangeRequest,
@@ -190,6 +262,12 @@ pub struct GetOp {
 
 /// Options of a put, usable inside a transaction ([`crate::TxnOp::put`]) or
 /// through [`Client::put`].
+///
+/// ```
+/// use cairn_client::{Compare, TxnOp, TxnSpec};
+/// let spec = TxnSpec::new().when([Compare::missing("k")]).and_then([TxnOp::put("k", "v").lease(7)]);
+/// # let _ = spec;
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct PutOp {
     pub(crate) req: PutRequest,
@@ -197,6 +275,12 @@ pub struct PutOp {
 
 /// Options of a delete, usable inside a transaction ([`crate::TxnOp::delete`])
 /// or through [`Client::delete`].
+///
+/// ```
+/// use cairn_client::{TxnOp, TxnSpec};
+/// let spec = TxnSpec::new().and_then([TxnOp::delete("tmp/").prefix().prev_kv()]);
+/// # let _ = spec;
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct DeleteOp {
     pub(crate) req: DeleteRangeRequest,
@@ -593,8 +677,32 @@ impl Client {
                 let req = req.clone();
                 async move { Ok(KvClient::new(ch).max_decoding_message_size(max).range(req).await?.into_inner()) }
             })
-            .await?;
-        Ok(resp.into())
+            .await;
+        match resp {
+            Ok(resp) => Ok(resp.into()),
+            Err(Error::Compacted { compact_revision: None }) if req.revision > 0 => {
+                Err(Error::Compacted { compact_revision: self.compact_revision_at(req.key, req.revision).await })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The store's compaction revision, learnt the one way the etcd API tells
+    /// it: a watch from a compacted revision is cancelled with it. `None` if the
+    /// probe does not say (it is only used to enrich an error).
+    async fn compact_revision_at(&self, key: Vec<u8>, revision: i64) -> Option<i64> {
+        let probe = async {
+            let mut w = match self.watch(key).start_revision(revision).send().await {
+                Err(Error::Compacted { compact_revision }) => return compact_revision,
+                Err(_) => return None,
+                Ok(w) => w,
+            };
+            match futures::StreamExt::next(&mut w).await {
+                Some(Err(Error::Compacted { compact_revision })) => compact_revision,
+                _ => None,
+            }
+        };
+        tokio::time::timeout(self.request_timeout(), probe).await.ok().flatten()
     }
 }
 

@@ -10,12 +10,20 @@ use cairn_proto::etcdserverpb::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tonic::transport::Channel;
 
-use crate::client::Client;
+use crate::client::{backoff, Client};
 use crate::error::{classify, Effect, Error, Result, Verdict};
 use crate::kv::{with_lease, Header};
 
 /// A granted lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// let g = client.lease_grant(10).await?;
+/// println!("lease {:x} for {}s", g.id, g.ttl);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LeaseGrant {
     /// Header.
@@ -27,6 +35,13 @@ pub struct LeaseGrant {
 }
 
 /// The state of a lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client, id: i64) -> cairn_client::Result<()> {
+/// let t = client.lease_time_to_live(id, true).await?;
+/// println!("{}s of {}s left; keys: {:?}", t.ttl, t.granted_ttl, t.keys);
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseTimeToLive {
     /// Header.
@@ -131,9 +146,11 @@ impl Client {
         Ok(resp.leases.into_iter().map(|l| l.id).collect())
     }
 
-    /// Opens a keep-alive stream for lease `id` on the current member. Call
-    /// [`LeaseKeepAlive::keep_alive`] at least once per TTL; or use
-    /// [`crate::LeaseHandle`], which does it for you.
+    /// Opens a keep-alive stream for lease `id` and renews the lease once (its
+    /// TTL is then [`LeaseKeepAlive::ttl`]). Call [`LeaseKeepAlive::keep_alive`]
+    /// at least once per TTL; or use [`crate::LeaseHandle`], which does it for
+    /// you. Opening is retried on other members like a read; fails with
+    /// [`Error::LeaseNotFound`] if the lease does not exist.
     ///
     /// ```no_run
     /// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
@@ -143,42 +160,72 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn lease_keep_alive(&self, id: i64) -> Result<LeaseKeepAlive> {
-        let (i, channel) = self.channel();
-        let (tx, rx) = mpsc::channel(1);
-        // etcd (grpc-go) sends the response headers only with the first response:
-        // the first keep-alive must be queued before the call is awaited.
-        tx.send(LeaseKeepAliveRequest { id }).await.expect("the receiver is alive: it is owned here");
-        let opened = tokio::time::timeout(
-            self.request_timeout(),
-            LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(rx)),
-        )
-        .await;
-        match opened {
-            Ok(Ok(resp)) => {
-                Ok(LeaseKeepAlive { id, member: i, requests: tx, responses: resp.into_inner(), primed: true })
+        let attempts = self.options().request_attempts_max;
+        let mut last = Error::Unavailable { reason: "no attempt made".into() };
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
             }
-            Ok(Err(status)) => {
-                self.fail_over(i);
-                Err(match classify(status, Effect::Read) {
-                    Verdict::Retry(e) | Verdict::Fail(e) => with_lease(e, Some(id)),
-                })
-            }
-            Err(_) => {
-                self.fail_over(i);
-                Err(Error::Timeout { after: self.request_timeout() })
+            let (i, channel) = self.channel();
+            match tokio::time::timeout(self.request_timeout(), open_keep_alive(channel, id, i)).await {
+                Ok(Ok(k)) => return Ok(k),
+                Ok(Err(Verdict::Fail(e))) => return Err(e),
+                Ok(Err(Verdict::Retry(e))) => {
+                    last = e;
+                    self.fail_over(i);
+                }
+                Err(_) => {
+                    last = Error::Timeout { after: self.request_timeout() };
+                    self.fail_over(i);
+                }
             }
         }
+        Err(last)
+    }
+}
+
+/// Opens the stream with a first renewal in it: servers may send the response
+/// headers only with the first response, so the call cannot be opened empty.
+async fn open_keep_alive(channel: Channel, id: i64, member: usize) -> Result<LeaseKeepAlive, Verdict> {
+    let (tx, rx) = mpsc::channel(1);
+    tx.send(LeaseKeepAliveRequest { id }).await.expect("the receiver is alive: it is owned here");
+    let mut responses = LeaseClient::new(channel)
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| lease_verdict(s, id))?
+        .into_inner();
+    match responses.next().await {
+        Some(Ok(r)) if r.ttl <= 0 => Err(Verdict::Fail(Error::LeaseNotFound { lease: Some(id) })),
+        Some(Ok(r)) => Ok(LeaseKeepAlive { id, ttl: r.ttl, member, requests: tx, responses }),
+        Some(Err(s)) => Err(lease_verdict(s, id)),
+        None => Err(Verdict::Retry(Error::Unavailable { reason: "keep-alive stream closed by the server".into() })),
+    }
+}
+
+fn lease_verdict(s: tonic::Status, id: i64) -> Verdict {
+    match classify(s, Effect::Read) {
+        Verdict::Retry(e) => Verdict::Retry(with_lease(e, Some(id))),
+        Verdict::Fail(e) => Verdict::Fail(with_lease(e, Some(id))),
     }
 }
 
 /// A keep-alive stream for one lease (see [`Client::lease_keep_alive`]).
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client, id: i64) -> cairn_client::Result<()> {
+/// let mut k = client.lease_keep_alive(id).await?;
+/// loop {
+///     tokio::time::sleep(std::time::Duration::from_secs(k.ttl() as u64 / 3)).await;
+///     k.keep_alive().await?;
+/// }
+/// # }
+/// ```
 pub struct LeaseKeepAlive {
     id: i64,
+    ttl: i64,
     pub(crate) member: usize,
     requests: mpsc::Sender<LeaseKeepAliveRequest>,
     responses: tonic::Streaming<LeaseKeepAliveResponse>,
-    /// The first request was sent when the stream was opened.
-    primed: bool,
 }
 
 impl std::fmt::Debug for LeaseKeepAlive {
@@ -193,23 +240,27 @@ impl LeaseKeepAlive {
         self.id
     }
 
+    /// The TTL in seconds the last renewal granted.
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
     /// Renews the lease once; answers its new TTL in seconds. Fails with
     /// [`Error::LeaseNotFound`] if the lease has expired or was revoked, and with
     /// [`Error::Unavailable`] if the stream broke (open a new one, possibly on
     /// another member).
     pub async fn keep_alive(&mut self) -> Result<i64> {
         let broken = |reason: String| Error::Unavailable { reason };
-        if self.primed {
-            self.primed = false;
-        } else {
-            self.requests
-                .send(LeaseKeepAliveRequest { id: self.id })
-                .await
-                .map_err(|_| broken("keep-alive stream closed".into()))?;
-        }
+        self.requests
+            .send(LeaseKeepAliveRequest { id: self.id })
+            .await
+            .map_err(|_| broken("keep-alive stream closed".into()))?;
         match self.responses.next().await {
             Some(Ok(r)) if r.ttl <= 0 => Err(Error::LeaseNotFound { lease: Some(self.id) }),
-            Some(Ok(r)) => Ok(r.ttl),
+            Some(Ok(r)) => {
+                self.ttl = r.ttl;
+                Ok(r.ttl)
+            }
             Some(Err(s)) => Err(match classify(s, Effect::Read) {
                 Verdict::Retry(e) | Verdict::Fail(e) => with_lease(e, Some(self.id)),
             }),

@@ -14,6 +14,16 @@ use crate::typed_watch::AbortOnDrop;
 pub const LEASE_TTL_SECONDS_MIN: i64 = 2;
 
 /// The state of a [`LeaseHandle`]'s lease.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{LeaseHandle, LeaseState};
+/// let lease = LeaseHandle::grant(&client, 10).await?;
+/// if let LeaseState::Lost { reason } = lease.state() {
+///     eprintln!("lost: {reason}");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseState {
     /// Kept alive; the server has confirmed the lease until at least this
@@ -173,10 +183,16 @@ async fn keep_alive(client: Client, id: i64, ttl: i64, mut until: Instant, tx: w
         if Instant::now() >= until {
             return lose(format!("no renewal confirmed within the {ttl}s TTL"));
         }
-        let remaining = until - Instant::now();
-        let stream = tokio::time::timeout(remaining, client.lease_keep_alive(id)).await;
+        let opened_at = Instant::now();
+        let stream = tokio::time::timeout(until - opened_at, client.lease_keep_alive(id)).await;
         let mut stream = match stream {
-            Ok(Ok(s)) => s,
+            Ok(Ok(s)) => {
+                // Opening renewed the lease once.
+                until = opened_at + Duration::from_secs(s.ttl().max(0) as u64);
+                tx.send_replace(LeaseState::Alive { until });
+                failures = 0;
+                s
+            }
             Ok(Err(Error::LeaseNotFound { .. })) => return lose("the server no longer has the lease".into()),
             Ok(Err(e)) => {
                 failures += 1;
@@ -187,6 +203,7 @@ async fn keep_alive(client: Client, id: i64, ttl: i64, mut until: Instant, tx: w
             Err(_) => continue,
         };
         loop {
+            tokio::time::sleep(period).await;
             let sent = Instant::now();
             if sent >= until {
                 break;
@@ -208,7 +225,6 @@ async fn keep_alive(client: Client, id: i64, ttl: i64, mut until: Instant, tx: w
                     break;
                 }
             }
-            tokio::time::sleep(period).await;
         }
     }
 }

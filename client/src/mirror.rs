@@ -18,6 +18,13 @@ use crate::typed_watch::{AbortOnDrop, Event, Item};
 pub const MIRROR_PROGRESS_POLL_MS: u64 = 500;
 
 /// The state of a [`Mirror`] at one revision.
+///
+/// ```no_run
+/// # async fn demo(mirror: cairn_client::Mirror<String>) {
+/// let snap = mirror.snapshot();
+/// println!("{} keys at revision {}", snap.items.len(), snap.revision);
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct MirrorSnapshot<T> {
     /// Every change up to this revision is reflected in `items`.
@@ -81,6 +88,14 @@ impl<T> std::fmt::Debug for Mirror<T> {
 }
 
 /// Change notifications of a [`Mirror`] (see [`Mirror::subscribe`]).
+///
+/// ```no_run
+/// # async fn demo(mirror: cairn_client::Mirror<String>) -> cairn_client::Result<()> {
+/// let mut changes = mirror.subscribe();
+/// let rev = changes.changed().await?;
+/// println!("now at {rev}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct MirrorChanges {
     rx: watch::Receiver<i64>,

@@ -8,10 +8,12 @@ pub const CONNECT_TIMEOUT_MS_DEFAULT: u64 = 3_000;
 /// than the server's own request timeout, so that the server's answer (which says
 /// whether a write was proposed) normally arrives before the client gives up.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 10_000;
-/// Default interval of HTTP/2 keep-alive pings on idle and busy connections.
-pub const KEEP_ALIVE_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// Default interval of HTTP/2 keep-alive pings on connections with open
+/// streams. etcd's servers close connections that ping more often than their
+/// `--grpc-keepalive-min-time` (5 s by default), so the default stays above it.
+pub const KEEP_ALIVE_INTERVAL_MS_DEFAULT: u64 = 10_000;
 /// Default time to wait for a keep-alive ping's answer before dropping the connection.
-pub const KEEP_ALIVE_TIMEOUT_MS_DEFAULT: u64 = 3_000;
+pub const KEEP_ALIVE_TIMEOUT_MS_DEFAULT: u64 = 5_000;
 /// Default upper bound of attempts for one retryable request (across members):
 /// with the backoff below, about 8 s of retrying, enough to outlast an election.
 pub const REQUEST_ATTEMPTS_MAX_DEFAULT: u32 = 12;
@@ -50,6 +52,7 @@ pub struct ClientOptions {
     pub(crate) request_timeout: Duration,
     pub(crate) keep_alive_interval: Duration,
     pub(crate) keep_alive_timeout: Duration,
+    pub(crate) keep_alive_while_idle: bool,
     pub(crate) request_attempts_max: u32,
     pub(crate) response_bytes_max: usize,
     pub(crate) tls: Option<TlsOptions>,
@@ -62,6 +65,7 @@ impl Default for ClientOptions {
             request_timeout: Duration::from_millis(REQUEST_TIMEOUT_MS_DEFAULT),
             keep_alive_interval: Duration::from_millis(KEEP_ALIVE_INTERVAL_MS_DEFAULT),
             keep_alive_timeout: Duration::from_millis(KEEP_ALIVE_TIMEOUT_MS_DEFAULT),
+            keep_alive_while_idle: false,
             request_attempts_max: REQUEST_ATTEMPTS_MAX_DEFAULT,
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
             tls: None,
@@ -91,13 +95,22 @@ impl ClientOptions {
         self.request_timeout
     }
 
-    /// HTTP/2 keep-alive: a ping every `interval` (also while idle), and the
-    /// connection is dropped (and its streams fail over) when a ping is not
-    /// answered within `timeout`. This is what detects a frozen or partitioned
-    /// member under a long-lived watch.
+    /// HTTP/2 keep-alive: a ping every `interval` while streams are open, and
+    /// the connection is dropped (and its watches and lease keep-alives fail
+    /// over) when a ping is not answered within `timeout`. This is what detects
+    /// a frozen or partitioned member under a long-lived watch. Against etcd, keep
+    /// `interval` at or above the server's `--grpc-keepalive-min-time` (5 s by
+    /// default): etcd closes connections that ping faster.
     pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive_interval = interval;
         self.keep_alive_timeout = timeout;
+        self
+    }
+
+    /// Also ping connections without open streams (default off: etcd counts
+    /// such pings as abuse and closes the connection; Cairn accepts them).
+    pub fn keep_alive_while_idle(mut self, enabled: bool) -> Self {
+        self.keep_alive_while_idle = enabled;
         self
     }
 

@@ -14,6 +14,12 @@ use crate::kv::{
 };
 
 /// How a [`Compare`] relates the key's field to the given value.
+///
+/// ```
+/// use cairn_client::{Compare, CompareOp};
+/// let newer = Compare::version("k", CompareOp::Greater, 3);
+/// # let _ = newer;
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompareOp {
     /// Field == value.
@@ -191,6 +197,14 @@ impl From<TxnSpec> for TxnOp {
 
 /// A transaction's content without a client: what a nested transaction is
 /// made of, and what [`Txn`] sends.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{Compare, TxnOp, TxnSpec};
+/// let spec = TxnSpec::new().when([Compare::missing("a")]).and_then([TxnOp::put("a", "1")]);
+/// let resp = client.txn_spec(spec).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default)]
 pub struct TxnSpec {
     when: Vec<Compare>,
@@ -252,11 +266,14 @@ impl TxnSpec {
 /// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
 /// use cairn_client::{Compare, CompareOp, TxnOp};
 ///
-/// // Move a job from "queued" to "running" only if nobody else did.
+/// // Move a job from "queued" to "running" only if nobody else did. Operations
+/// // of different kinds: one `and_then` per kind (they add up, in order), or an
+/// // array of `TxnOp`s built with `.into()`.
 /// let resp = client
 ///     .txn()
 ///     .when([Compare::exists("queued/7")])
-///     .and_then([TxnOp::delete("queued/7").into(), TxnOp::put("running/7", "worker-a").into()])
+///     .and_then([TxnOp::delete("queued/7")])
+///     .and_then([TxnOp::put("running/7", "worker-a")])
 ///     .or_else([TxnOp::get("running/7")])
 ///     .await?;
 /// if !resp.succeeded {
@@ -277,13 +294,13 @@ impl Txn {
         self
     }
 
-    /// Adds operations run if every condition holds.
+    /// Adds operations run if every condition holds (after those added before).
     pub fn and_then<O: Into<TxnOp>>(mut self, ops: impl IntoIterator<Item = O>) -> Self {
         self.spec = self.spec.and_then(ops);
         self
     }
 
-    /// Adds operations run if some condition fails.
+    /// Adds operations run if some condition fails (after those added before).
     pub fn or_else<O: Into<TxnOp>>(mut self, ops: impl IntoIterator<Item = O>) -> Self {
         self.spec = self.spec.or_else(ops);
         self
@@ -315,6 +332,17 @@ impl IntoFuture for Txn {
 }
 
 /// The result of a transaction.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{Compare, TxnOp};
+/// let r = client.txn().when([Compare::exists("k")]).and_then([TxnOp::get("k")]).await?;
+/// if r.succeeded {
+///     let kv = &r.responses[0].as_get().expect("a get").kvs[0];
+///     println!("{} at revision {}", kv.value_str(), r.header.revision);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TxnResponse {
     /// Header; `header.revision` is the transaction's revision if it wrote.
@@ -326,6 +354,16 @@ pub struct TxnResponse {
 }
 
 /// The result of one operation of a transaction.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::{TxnOp, TxnOpResponse};
+/// let r = client.txn().and_then([TxnOp::delete("k").prev_kv()]).await?;
+/// if let Some(TxnOpResponse::Delete(d)) = r.responses.first() {
+///     println!("deleted {}", d.deleted);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnOpResponse {
     /// Result of a get.

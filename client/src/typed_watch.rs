@@ -17,7 +17,18 @@ use crate::keyspace::{Keyspace, Value, Versioned};
 use crate::options::WATCH_EVENTS_PENDING_MAX;
 use crate::watch::{self, EventKind};
 
-/// One change of a typed keyspace.
+/// One change of a typed keyspace (exported as `cairn_client::TypedEvent`).
+///
+/// ```no_run
+/// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
+/// use cairn_client::TypedEvent;
+/// use futures::StreamExt;
+/// let mut w = ks.watch(None);
+/// if let Some(TypedEvent::Put { item, prev }) = w.next().await.transpose()? {
+///     println!("{}: {:?} -> {}", item.key, prev.map(|p| p.value), item.value);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event<T> {
     /// The key was created or updated.
@@ -91,14 +102,14 @@ impl Drop for AbortOnDrop {
 ///
 /// ```no_run
 /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
-/// use cairn_client::Event;
+/// use cairn_client::TypedEvent;
 /// use futures::StreamExt;
 ///
 /// let mut events = ks.watch(None);
 /// while let Some(event) = events.next().await {
 ///     match event? {
-///         Event::Put { item, .. } => println!("{} = {}", item.key, item.value),
-///         Event::Delete { key, .. } => println!("{key} deleted"),
+///         TypedEvent::Put { item, .. } => println!("{} = {}", item.key, item.value),
+///         TypedEvent::Delete { key, .. } => println!("{key} deleted"),
 ///     }
 /// }
 /// # Ok(()) }

@@ -21,6 +21,19 @@ use crate::kv::{prefix_end, BoxFuture, Header, KeyValue};
 use crate::options::{WATCH_FRAGMENT_EVENTS_MAX, WATCH_REQUESTS_PENDING_MAX};
 
 /// What happened to a key.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use cairn_client::EventKind;
+/// use futures::StreamExt;
+/// let mut w = client.watch("k").await?;
+/// for e in w.next().await.expect("open")?.events {
+///     if e.kind == EventKind::Delete {
+///         println!("{} deleted at {}", e.kv.key_str(), e.kv.mod_revision);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     /// The key was created or updated.
@@ -30,6 +43,16 @@ pub enum EventKind {
 }
 
 /// One change of one key.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use futures::StreamExt;
+/// let mut w = client.watch("k").prev_kv().await?;
+/// for e in w.next().await.expect("open")?.events {
+///     println!("{:?}: {:?} -> {}", e.kind, e.prev_kv.map(|p| p.value), e.kv.value_str());
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Put or delete.
@@ -51,6 +74,19 @@ impl From<mvccpb::Event> for Event {
 /// One message of a watch stream: the events of one or more whole revisions,
 /// in revision order, or (with no events) a progress notification saying that
 /// every change up to `header.revision` has been delivered.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use futures::StreamExt;
+/// let mut w = client.watch("jobs/").prefix().progress_notify().await?;
+/// while let Some(batch) = w.next().await {
+///     let batch = batch?;
+///     if batch.is_progress_notify() {
+///         println!("up to date at {}", batch.header.revision);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchBatch {
     /// Header; for a progress notification, the revision the stream has reached.
@@ -182,6 +218,16 @@ impl Client {
 
 /// An open watch: a `Stream` of [`WatchBatch`]es that ends after the first
 /// error. Dropping it cancels the watch on the server.
+///
+/// ```no_run
+/// # async fn demo(client: cairn_client::Client) -> cairn_client::Result<()> {
+/// use futures::StreamExt;
+/// let mut w = client.watch("k").await?;
+/// w.request_progress().await?;
+/// let first = w.next().await;
+/// w.cancel().await?;
+/// # Ok(()) }
+/// ```
 pub struct WatchStream {
     watch_id: i64,
     created_revision: i64,

@@ -3,7 +3,9 @@
 
 mod common;
 
-use cairn_client::{Client, Compare, CompareOp, Error, EventKind, SortOrder, SortTarget, TxnOp, TxnOpResponse};
+use cairn_client::{
+    Client, Compare, CompareOp, Error, EventKind, Keyspace, SortOrder, SortTarget, TxnOp, TxnOpResponse,
+};
 use common::{ok, test_options, within, Cluster};
 use futures::StreamExt;
 
@@ -69,7 +71,7 @@ async fn raw_kv_txn_watch_lease_and_error_mapping() {
     let now = ok("del b", c.delete("t/b").send()).await.header.revision;
     ok("compact", c.compact(now, true)).await;
     match within("get compacted", c.get("t/a").revision(r1).send()).await {
-        Err(Error::Compacted { .. }) => {}
+        Err(Error::Compacted { compact_revision: Some(rev) }) => assert_eq!(rev, now),
         other => panic!("expected Compacted, got {other:?}"),
     }
     let w = within("watch compacted", c.watch("t/a").start_revision(r1).send()).await;
@@ -81,6 +83,13 @@ async fn raw_kv_txn_watch_lease_and_error_mapping() {
         Error::Compacted { compact_revision: Some(rev) } => assert_eq!(rev, now),
         other => panic!("expected Compacted with revision {now}, got {other:?}"),
     }
+    // A typed watch that cannot resume surfaces the compaction and ends.
+    let mut typed = Keyspace::<String>::new(c.clone(), "t/").watch(Some(r1));
+    match within("typed watch compacted", typed.next()).await {
+        Some(Err(Error::Compacted { compact_revision: Some(rev) })) => assert_eq!(rev, now),
+        other => panic!("expected Compacted with revision {now}, got {other:?}"),
+    }
+    assert!(within("typed watch ends", typed.next()).await.is_none());
     match within("future", c.get("t/a").revision(now + 1000).send()).await {
         Err(Error::FutureRevision) => {}
         other => panic!("expected FutureRevision, got {other:?}"),

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_client::{
-    Bincode, Client, Election, Error, EventKind, Keyspace, LeaseHandle, LeaseState, Mirror, TypedEvent, WatchBatch,
+    Bincode, Client, Election, Error, EventKind, Keyspace, LeaseHandle, LeaseState, Lock, Mirror, TypedEvent,
+    WatchBatch,
 };
 use common::{ok, test_options, within, Cluster};
 use futures::StreamExt;
@@ -75,7 +76,7 @@ async fn committed_history(c: &Client, prefix: &str, from: i64, upto: i64) -> Ve
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence() {
+async fn typed_watch_across_leader_kill_and_client_reconnect_delivers_exactly_the_committed_sequence() {
     let mut cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     // The watcher talks to the leader first, so killing the leader also breaks
@@ -85,9 +86,25 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
     let start = ok("list", watcher.list()).await.revision + 1;
     let mut events = watcher.watch(Some(start));
 
+    // Halfway, the consumer also drops its stream and its client, and resumes
+    // with a new client from the position the old stream reported.
+    let (reconnect_tx, mut reconnect_rx) = tokio::sync::oneshot::channel::<Vec<String>>();
     let collector = tokio::spawn(async move {
         let mut got = Vec::new();
-        while let Some(e) = events.next().await {
+        let mut reconnected = false;
+        loop {
+            let next = tokio::select! {
+                e = events.next() => e,
+                eps = &mut reconnect_rx, if !reconnected => {
+                    reconnected = true;
+                    let from = events.next_revision().expect("position known");
+                    drop(events);
+                    let client = Client::connect(eps.expect("endpoints"), test_options()).await.expect("reconnect");
+                    events = Keyspace::<u64>::new(client, "w/").watch(Some(from));
+                    continue;
+                }
+            };
+            let Some(e) = next else { panic!("typed watch ended early after {got:?}") };
             let e = e.expect("typed watch yields no error here");
             let done = e.key() == "done";
             got.push(match e {
@@ -95,16 +112,22 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
                 TypedEvent::Delete { key, revision, .. } => (key, String::new(), revision),
             });
             if done {
+                assert!(reconnected, "the consumer never reconnected");
                 return got;
             }
         }
-        panic!("typed watch ended early after {got:?}");
     });
 
+    let mut reconnect_tx = Some(reconnect_tx);
     let mut acked = Vec::new();
     for i in 0..60u64 {
         if i == 20 {
             cluster.kill(leader);
+        }
+        if i == 30 {
+            let mut eps = cluster.endpoints();
+            eps.rotate_left((leader + 2) % 3);
+            reconnect_tx.take().expect("once").send(eps).expect("collector alive");
         }
         if i == 40 {
             cluster.restart(leader);
@@ -142,6 +165,13 @@ async fn typed_watch_across_leader_kill_delivers_exactly_the_committed_sequence(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_converges_and_never_goes_back_in_revision() {
+    if common::server_kind() == common::ServerKind::Etcd {
+        // etcd before 3.4.25 / 3.5.8 may answer a progress request with a
+        // revision whose events an unsynced watcher has not received yet (etcd
+        // issue 15220), which a mirror cannot tell from real progress.
+        eprintln!("skipped against etcd: its progress notifications run ahead of events");
+        return;
+    }
     let mut cluster = Cluster::start(3).await;
     // The mirror only knows member 0, so it must wait for it to come back and
     // resume (or relist, if the history it needs was compacted meanwhile).
@@ -312,4 +342,39 @@ async fn keep_alive_loss_is_reported() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_is_exclusive_and_fences_the_previous_holder() {
+    let cluster = Cluster::start(3).await;
+    let c1 = cluster.client_starting_at(0).await;
+    let c2 = cluster.client_starting_at(1).await;
+    let lease1 = ok("lease 1", LeaseHandle::grant(&c1, 10)).await;
+    let lease2 = ok("lease 2", LeaseHandle::grant(&c2, 10)).await;
+    let lock = Lock::new(&c1, "locks/job");
+    let first = ok("acquire 1", lock.acquire(&lease1)).await;
+    let waiting = {
+        let lock = Lock::new(&c2, "locks/job");
+        tokio::spawn(async move {
+            let guard = lock.acquire(&lease2).await;
+            (guard, lease2)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the lock must not be granted twice");
+    let holder = ok("holder", lock.holder()).await.expect("held");
+    assert_eq!(holder.token, first.fencing_token());
+    ok("fenced write 1", first.fence().put("locks/job-data", "1")).await;
+
+    let stale = first.fence();
+    ok("unlock", first.unlock()).await;
+    let (second, _lease2) = within("acquire 2", waiting).await.expect("task");
+    let second = second.expect("second holder");
+    assert!(second.fencing_token() > stale.token());
+    match within("stale write", stale.put("locks/job-data", "stale")).await {
+        Err(Error::Fenced { .. }) => {}
+        other => panic!("the previous holder's write must be fenced, got {other:?}"),
+    }
+    ok("fenced write 2", second.fence().put("locks/job-data", "2")).await;
+    assert!(ok("held", second.is_held()).await);
 }

@@ -6,6 +6,11 @@
 //! `CAIRN_BIN`; if it is missing, the harness builds it once with
 //! `cargo build -p cairn-server --bin cairn` into the same target directory.
 //! `CAIRN_TEST_KEEP_DIRS=1` keeps the data and log directories of a failed test.
+//!
+//! `CAIRN_TEST_SERVER=etcd` runs the same tests against real etcd (Debian
+//! `etcd-server`, `/usr/bin/etcd` or `CAIRN_TEST_ETCD_BIN`), to check that the
+//! client relies only on etcd's semantics. [`Cluster::start_etcd`] always uses
+//! etcd (for calls Cairn does not implement yet).
 #![allow(dead_code)]
 
 use std::fs::{File, OpenOptions};
@@ -28,6 +33,29 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL_LINES: usize = 40;
 const START_ATTEMPTS: usize = 3;
 
+/// Which server a cluster runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// The `cairn` binary.
+    Cairn,
+    /// Real etcd.
+    Etcd,
+}
+
+/// `CAIRN_TEST_SERVER=etcd` selects etcd; unset, empty or `cairn` selects Cairn.
+pub fn server_kind() -> ServerKind {
+    match std::env::var("CAIRN_TEST_SERVER") {
+        Err(_) => ServerKind::Cairn,
+        Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("cairn") => ServerKind::Cairn,
+        Ok(v) if v.eq_ignore_ascii_case("etcd") => ServerKind::Etcd,
+        Ok(v) => panic!("CAIRN_TEST_SERVER={v:?}: expected `cairn` or `etcd`"),
+    }
+}
+
+fn etcd_binary() -> PathBuf {
+    std::env::var_os("CAIRN_TEST_ETCD_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
 static CLUSTER_SEQ: AtomicUsize = AtomicUsize::new(0);
 static CAIRN_BIN: OnceLock<PathBuf> = OnceLock::new();
 
@@ -48,13 +76,17 @@ pub async fn ok<T, E: std::fmt::Debug>(what: &str, fut: impl Future<Output = Res
     }
 }
 
-/// Client options for tests: quick connect, short keep-alive so that a dead
-/// member's streams fail fast.
+/// Client options for tests: quick connect; against Cairn, short keep-alive so
+/// that a frozen member's streams fail fast (etcd refuses pings that often, so
+/// it gets the defaults).
 pub fn test_options() -> ClientOptions {
-    ClientOptions::default()
-        .connect_timeout(Duration::from_secs(2))
-        .request_timeout(Duration::from_secs(8))
-        .keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+    let opts = ClientOptions::default().connect_timeout(Duration::from_secs(2)).request_timeout(Duration::from_secs(8));
+    match server_kind() {
+        ServerKind::Cairn => {
+            opts.keep_alive(Duration::from_secs(1), Duration::from_secs(2)).keep_alive_while_idle(true)
+        }
+        ServerKind::Etcd => opts,
+    }
 }
 
 /// The `cairn` binary (built on first use if missing).
@@ -94,6 +126,7 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 struct Node {
+    kind: ServerKind,
     name: String,
     client_port: u16,
     peer_port: u16,
@@ -117,7 +150,24 @@ impl Node {
     fn spawn(&mut self, initial_cluster: &str, token: &str) {
         assert!(self.child.is_none(), "{} already runs", self.name);
         let open = |p: PathBuf| -> File { OpenOptions::new().create(true).append(true).open(p).expect("open log") };
-        let child = Command::new(cairn_binary())
+        let bin = match self.kind {
+            ServerKind::Cairn => cairn_binary(),
+            ServerKind::Etcd => etcd_binary(),
+        };
+        let mut cmd = Command::new(&bin);
+        if self.kind == ServerKind::Etcd {
+            // etcd reads every flag from ETCD_* too: only ours count.
+            for (k, _) in std::env::vars_os() {
+                if k.to_string_lossy().starts_with("ETCD_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.arg("--logger=zap");
+            if !matches!(std::env::consts::ARCH, "x86_64" | "aarch64") {
+                cmd.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+            }
+        }
+        let child = cmd
             .args(["--name", &self.name, "--data-dir"])
             .arg(self.dir.path().join("data"))
             .args(["--listen-client-urls", &self.client_url(), "--advertise-client-urls", &self.client_url()])
@@ -128,7 +178,7 @@ impl Node {
             .stdout(Stdio::from(open(self.dir.path().join("stdout.log"))))
             .stderr(Stdio::from(open(self.log_path())))
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.name));
+            .unwrap_or_else(|e| panic!("spawn {} ({}): {e}", self.name, bin.display()));
         self.child = Some(child);
     }
 
@@ -173,9 +223,23 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` members and waits until they agree on a leader and serve reads.
     pub async fn start(n: usize) -> Cluster {
+        Cluster::start_kind(n, server_kind()).await
+    }
+
+    /// Starts `n` members of real etcd, whatever `CAIRN_TEST_SERVER` says.
+    pub async fn start_etcd(n: usize) -> Cluster {
+        Cluster::start_kind(n, ServerKind::Etcd).await
+    }
+
+    /// Which server this cluster runs.
+    pub fn kind(&self) -> ServerKind {
+        self.nodes[0].kind
+    }
+
+    async fn start_kind(n: usize, kind: ServerKind) -> Cluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            let mut c = Cluster::spawn_new(n);
+            let mut c = Cluster::spawn_new(n, kind);
             match c.wait_ready_inner().await {
                 Ok(()) => return c,
                 Err(e) if e.contains("address already in use") || e.contains("exited") => {
@@ -188,12 +252,13 @@ impl Cluster {
         panic!("cluster of {n} did not start after {START_ATTEMPTS} attempts: {last}");
     }
 
-    fn spawn_new(n: usize) -> Cluster {
+    fn spawn_new(n: usize, kind: ServerKind) -> Cluster {
         let ports = free_ports(2 * n);
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst);
         let token = format!("cairn-client-test-{}-{seq}", std::process::id());
         let nodes: Vec<Node> = (0..n)
             .map(|i| Node {
+                kind,
                 name: format!("n{}", i + 1),
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
