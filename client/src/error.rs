@@ -264,6 +264,7 @@ fn is_connect_failure(detail: &str) -> bool {
         || d.contains("error trying to connect")
         || d.contains("dns error")
         || d.contains("refused_stream")
+        || d.contains("refused stream")
 }
 
 #[cfg(test)]

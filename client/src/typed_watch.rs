@@ -261,7 +261,6 @@ async fn run<T: Value, C: Codec>(
                 return;
             }
         };
-        failures = 0;
         let mut from = *next.get_or_insert(stream.created_revision() + 1);
         loop {
             let item = tokio::select! {
@@ -279,13 +278,20 @@ async fn run<T: Value, C: Codec>(
                 Some(Err(e)) if resumable(&e) => {
                     tracing::debug!(endpoint = stream.endpoint(), error = %e, "typed watch: stream broke; resuming at {from}");
                     ks.client().fail_over_from(stream.endpoint());
+                    // A member that accepts watches and breaks them at once must
+                    // not make this loop spin.
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
                     break;
                 }
                 Some(Err(e)) => {
                     let _ = tx.send(Item::Failed(e)).await;
                     return;
                 }
-                Some(Ok(batch)) => batch,
+                Some(Ok(batch)) => {
+                    failures = 0;
+                    batch
+                }
             };
             if batch.is_progress_notify() {
                 let rev = batch.header.revision;

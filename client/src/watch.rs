@@ -314,6 +314,8 @@ async fn open_on(
 fn cancel_error(r: &WatchResponse) -> Error {
     if r.compact_revision > 0 {
         Error::Compacted { compact_revision: Some(r.compact_revision) }
+    } else if r.cancel_reason.contains("permission denied") {
+        Error::PermissionDenied(r.cancel_reason.clone())
     } else {
         Error::WatchCanceled { reason: r.cancel_reason.clone() }
     }
