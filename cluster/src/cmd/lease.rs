@@ -69,21 +69,35 @@ async fn keep_alive(ctx: &Ctx, id: i64, once: bool) -> CliResult<()> {
         CliError::failed(format!("lease {id:016x} expired or revoked"))
             .with_hint("grant a new lease with `cairnctl lease grant TTL`")
     };
-    let mut keeper = ctx.bounded(async { Ok(client.lease_keep_alive(id).await?) }).await?;
+    // Opening the stream renews the lease once: an expired lease shows up here already.
+    let mut keeper = match tokio::time::timeout(limit, client.lease_keep_alive(id)).await {
+        Ok(Ok(k)) => k,
+        Ok(Err(ClientError::LeaseNotFound { .. })) => return Err(expired()),
+        Ok(Err(e)) => return Err(e.into()),
+        Err(_) => return Err(CliError::timeout(limit)),
+    };
+    // The TTL of a renewal already made (opening a stream renews once).
+    let mut renewed = Some(keeper.ttl());
     loop {
-        let ttl = match tokio::time::timeout(limit, keeper.keep_alive()).await {
+        let next = match renewed.take() {
+            Some(ttl) => Ok(Ok(ttl)),
+            None => tokio::time::timeout(limit, keeper.keep_alive()).await,
+        };
+        let ttl = match next {
             Ok(Ok(ttl)) => ttl,
             Ok(Err(ClientError::LeaseNotFound { .. })) => return Err(expired()),
             // A broken stream (member died): open a new one, on another member if need be.
             Ok(Err(ClientError::Unavailable { reason })) if !once => {
                 eprintln!("keep-alive stream lost ({reason}); reopening");
                 keeper = reopen(ctx, &client, id).await?;
+                renewed = Some(keeper.ttl());
                 continue;
             }
             // A member that stopped answering: the same, after the command timeout.
             Err(_) if !once => {
                 eprintln!("keep-alive got no answer within {limit:?}; reopening");
                 keeper = reopen(ctx, &client, id).await?;
+                renewed = Some(keeper.ttl());
                 continue;
             }
             Ok(Err(e)) => return Err(e.into()),
