@@ -171,6 +171,24 @@ fn leases_grant_timetolive_list_keepalive_revoke() {
     assert_eq!(j["granted-ttl"], 60);
     assert_eq!(j["keys"][0], b64("lk"));
     assert_eq!(j["id"].as_i64().unwrap(), i64::from_str_radix(&id, 16).unwrap());
+    // --ignore-lease keeps the lease; --ignore-value keeps the value.
+    let id2 = format!("{:016x}", ctl(ep, &["lease", "grant", "60", "-w", "json"]).json()["ID"].as_i64().unwrap());
+    let table = ctl(ep, &["lease", "timetolive", &id2, "-w", "table"]).ok().to_string();
+    assert!(table.contains("| LEASE") && table.contains(&format!("| {id2} | 60s")), "{table}");
+    ctl(ep, &["put", "lk", "v2", "--ignore-lease"]).ok();
+    let kv = ctl(ep, &["get", "lk", "-w", "json"]).json()["kvs"][0].clone();
+    assert_eq!(
+        (kv["value"].as_str().unwrap(), kv["lease"].as_i64().unwrap()),
+        (b64("v2").as_str(), i64::from_str_radix(&id, 16).unwrap())
+    );
+    ctl(ep, &["put", "lk", "--ignore-value", "--lease", &id2]).ok();
+    let kv = ctl(ep, &["get", "lk", "-w", "json"]).json()["kvs"][0].clone();
+    assert_eq!(
+        (kv["value"].as_str().unwrap(), kv["lease"].as_i64().unwrap()),
+        (b64("v2").as_str(), i64::from_str_radix(&id2, 16).unwrap())
+    );
+    ctl(ep, &["put", "lk", "v", "--lease", &id]).ok();
+    ctl(ep, &["lease", "revoke", &id2]).ok();
     let list = ctl(ep, &["lease", "list"]).ok().to_string();
     assert!(list.starts_with("found 1 leases\n") && list.contains(&id), "{list}");
     assert_eq!(ctl(ep, &["lease", "list", "-w", "json"]).json()["leases"][0]["id"], j["id"]);
