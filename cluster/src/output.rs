@@ -26,6 +26,11 @@ pub struct Printer {
 pub trait Render {
     /// etcdctl's simple format (lines, each ending in a newline).
     fn simple(&self, p: &Printer) -> String;
+    /// The simple format as bytes: keys and values are written as they are
+    /// stored (a binary value piped to a file stays intact), as etcdctl does.
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
+        self.simple(p).into_bytes()
+    }
     /// The JSON document.
     fn json(&self) -> Value;
     /// The table.
@@ -72,15 +77,15 @@ impl Printer {
     pub fn emit(&self, r: &dyn Render) -> CliResult<()> {
         let text = self.render(r);
         let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes()).and_then(|_| out.flush()).map_err(|e| CliError::io("write to stdout", e))
+        out.write_all(&text).and_then(|_| out.flush()).map_err(|e| CliError::io("write to stdout", e))
     }
 
     /// The text [`Printer::emit`] would print.
-    pub fn render(&self, r: &dyn Render) -> String {
+    pub fn render(&self, r: &dyn Render) -> Vec<u8> {
         match self.format {
-            OutputFormat::Simple => r.simple(self),
-            OutputFormat::Json => r.json().to_string() + "\n",
-            OutputFormat::Table => r.table(self).render(),
+            OutputFormat::Simple => r.simple_bytes(self),
+            OutputFormat::Json => (r.json().to_string() + "\n").into_bytes(),
+            OutputFormat::Table => r.table(self).render().into_bytes(),
         }
     }
 
@@ -93,13 +98,25 @@ impl Printer {
         }
     }
 
-    /// etcdctl's simple rendering of one key-value: key line, value line.
-    pub fn kv_lines(&self, kv: &KeyValue, value_only: bool) -> String {
-        if value_only {
-            format!("{}\n", self.bytes(&kv.value))
+    /// Bytes for simple output: as stored, or `\x61\x62` with --hex.
+    pub fn raw(&self, b: &[u8]) -> Vec<u8> {
+        if self.hex {
+            self.bytes(b).into_bytes()
         } else {
-            format!("{}\n{}\n", self.bytes(&kv.key), self.bytes(&kv.value))
+            b.to_vec()
         }
+    }
+
+    /// etcdctl's simple rendering of one key-value: key line, value line.
+    pub fn kv_lines(&self, kv: &KeyValue, value_only: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !value_only {
+            out.extend(self.raw(&kv.key));
+            out.push(b'\n');
+        }
+        out.extend(self.raw(&kv.value));
+        out.push(b'\n');
+        out
     }
 }
 

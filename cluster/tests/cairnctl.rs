@@ -73,6 +73,26 @@ fn keys_get_put_del_compaction_with_every_output_format() {
     assert_ne!(j.code, 0, "compacting the same revision twice must fail: {j:?}");
     ctl(ep, &["get", "k1", "--rev", "2"]).fails(1, &["compacted", "hint:"]);
 
+    // Binary values go in through stdin and come out byte for byte.
+    let binary: &[u8] = b"\xff\x00bin\n\x80";
+    let run = |args: &[&str], input: &[u8]| {
+        use std::io::Write;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+            .args(["--endpoints", ep])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        out.stdout
+    };
+    assert_eq!(run(&["put", "bin"], binary), b"OK\n");
+    assert_eq!(run(&["get", "bin", "--print-value-only"], b""), [binary, b"\n"].concat());
+    assert_eq!(ctl(ep, &["get", "bin", "--hex", "--print-value-only"]).ok(), "\\xff\\x00\\x62\\x69\\x6e\\x0a\\x80\n");
+
     // Bad input.
     ctl(ep, &["put", "k", "v", "--lease", "zz"]).fails(3, &["bad lease ID"]);
     ctl(ep, &["get", "k", "--limit", "x"]).fails(2, &["invalid value"]);

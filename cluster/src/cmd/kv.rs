@@ -236,10 +236,13 @@ pub struct GetOut {
 
 impl Render for GetOut {
     fn simple(&self, p: &Printer) -> String {
+        String::from_utf8_lossy(&self.simple_bytes(p)).into_owned()
+    }
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
         if self.count_only {
-            return format!("{}\n", self.resp.count);
+            return format!("{}\n", self.resp.count).into_bytes();
         }
-        self.resp.kvs.iter().map(|kv| p.kv_lines(kv, self.value_only)).collect()
+        self.resp.kvs.iter().flat_map(|kv| p.kv_lines(kv, self.value_only)).collect()
     }
     fn json(&self) -> Value {
         get_json(&self.resp)
@@ -266,9 +269,12 @@ pub struct PutOut(pub PutResponse);
 
 impl Render for PutOut {
     fn simple(&self, p: &Printer) -> String {
-        let mut s = "OK\n".to_string();
+        String::from_utf8_lossy(&self.simple_bytes(p)).into_owned()
+    }
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
+        let mut s = b"OK\n".to_vec();
         if let Some(kv) = &self.0.prev_kv {
-            s += &p.kv_lines(kv, false);
+            s.extend(p.kv_lines(kv, false));
         }
         s
     }
@@ -291,9 +297,12 @@ pub struct DelOut(pub DeleteResponse);
 
 impl Render for DelOut {
     fn simple(&self, p: &Printer) -> String {
-        let mut s = format!("{}\n", self.0.deleted);
+        String::from_utf8_lossy(&self.simple_bytes(p)).into_owned()
+    }
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
+        let mut s = format!("{}\n", self.0.deleted).into_bytes();
         for kv in &self.0.prev_kvs {
-            s += &p.kv_lines(kv, false);
+            s.extend(p.kv_lines(kv, false));
         }
         s
     }
@@ -325,15 +334,20 @@ pub struct TxnOut(pub TxnResponse);
 
 impl Render for TxnOut {
     fn simple(&self, p: &Printer) -> String {
-        let mut s = if self.0.succeeded { "SUCCESS\n" } else { "FAILURE\n" }.to_string();
+        String::from_utf8_lossy(&self.simple_bytes(p)).into_owned()
+    }
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
+        let mut s = if self.0.succeeded { b"SUCCESS\n".to_vec() } else { b"FAILURE\n".to_vec() };
         for r in &self.0.responses {
-            s.push('\n');
-            s += &match r {
-                TxnOpResponse::Get(g) => GetOut { resp: g.clone(), value_only: false, count_only: false }.simple(p),
-                TxnOpResponse::Put(x) => PutOut(x.clone()).simple(p),
-                TxnOpResponse::Delete(x) => DelOut(x.clone()).simple(p),
-                TxnOpResponse::Txn(t) => TxnOut(t.clone()).simple(p),
-            };
+            s.push(b'\n');
+            s.extend(match r {
+                TxnOpResponse::Get(g) => {
+                    GetOut { resp: g.clone(), value_only: false, count_only: false }.simple_bytes(p)
+                }
+                TxnOpResponse::Put(x) => PutOut(x.clone()).simple_bytes(p),
+                TxnOpResponse::Delete(x) => DelOut(x.clone()).simple_bytes(p),
+                TxnOpResponse::Txn(t) => TxnOut(t.clone()).simple_bytes(p),
+            });
         }
         s
     }

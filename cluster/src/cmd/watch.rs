@@ -105,16 +105,17 @@ async fn run_command(command: &[String], ev: &Event) -> CliResult<()> {
         EventKind::Put => "PUT",
         EventKind::Delete => "DELETE",
     };
-    let key = String::from_utf8_lossy(&ev.kv.key).into_owned();
-    let value = String::from_utf8_lossy(&ev.kv.value).into_owned();
+    // Keys and values reach the command as stored, also when they are not UTF-8.
+    let key = std::ffi::OsStr::from_bytes(&ev.kv.key);
+    let value = std::ffi::OsStr::from_bytes(&ev.kv.value);
     let rev = ev.kv.mod_revision.to_string();
     let mut cmd = tokio::process::Command::new(&command[0]);
     cmd.args(&command[1..]).stdin(Stdio::null()).kill_on_drop(true);
     for prefix in ["CAIRNCTL_WATCH_", "ETCD_WATCH_"] {
         cmd.env(format!("{prefix}REVISION"), &rev)
-            .env(format!("{prefix}KEY"), &key)
+            .env(format!("{prefix}KEY"), key)
             .env(format!("{prefix}EVENT_TYPE"), kind)
-            .env(format!("{prefix}VALUE"), &value);
+            .env(format!("{prefix}VALUE"), value);
     }
     let mut child = cmd.spawn().map_err(|e| {
         CliError::failed(format!("run {:?}: {e}", command[0])).with_hint("the command after `--` must be an executable")
@@ -146,17 +147,20 @@ fn kind_name(k: EventKind) -> &'static str {
 
 impl Render for BatchOut<'_> {
     fn simple(&self, p: &Printer) -> String {
+        String::from_utf8_lossy(&self.simple_bytes(p)).into_owned()
+    }
+    fn simple_bytes(&self, p: &Printer) -> Vec<u8> {
         if self.0.is_progress_notify() {
-            return format!("progress notify: {}\n", self.0.header.revision);
+            return format!("progress notify: {}\n", self.0.header.revision).into_bytes();
         }
-        let mut s = String::new();
+        let mut s = Vec::new();
         for ev in &self.0.events {
-            s += kind_name(ev.kind);
-            s.push('\n');
+            s.extend_from_slice(kind_name(ev.kind).as_bytes());
+            s.push(b'\n');
             if let Some(prev) = &ev.prev_kv {
-                s += &p.kv_lines(prev, false);
+                s.extend(p.kv_lines(prev, false));
             }
-            s += &p.kv_lines(&ev.kv, false);
+            s.extend(p.kv_lines(&ev.kv, false));
         }
         s
     }
