@@ -417,3 +417,32 @@ fn keep_alive_moves_to_another_member_when_its_member_dies() {
     assert!(stderr.contains("reopening"), "the lost stream is not reported: {stderr}");
     assert_eq!(ctl(&others, &["get", "alive", "--print-value-only"]).ok(), "1\n", "{stderr}");
 }
+
+#[test]
+fn watch_progress_notify_prints_the_revision_reached() {
+    use std::io::{BufRead, BufReader};
+
+    let c = TestCluster::start_with(Kind::Cairn, 1, &["--watch-progress-notify-interval", "200"]);
+    let ep = c.endpoints();
+    let rev = ctl(&ep, &["put", "p", "1", "-w", "json"]).json()["header"]["revision"].as_i64().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .args(["--endpoints", &ep, "-w", "json", "watch", "idle", "--progress-notify"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(std::time::Duration::from_secs(20));
+    let _ = child.kill();
+    let _ = child.wait();
+    let line = line.expect("a progress notification within 20s");
+    let j: Value = serde_json::from_str(&line).expect("JSON");
+    assert_eq!(j["IsProgressNotify"], true, "{j}");
+    assert_eq!(j["Events"], Value::Array(vec![]));
+    assert!(j["Header"]["revision"].as_i64().unwrap() >= rev, "{j}");
+}

@@ -84,9 +84,14 @@ pub struct TestCluster {
 impl TestCluster {
     /// Starts `n` members of `kind` and waits until they agree on a leader and serve reads.
     pub fn start(kind: Kind, n: usize) -> TestCluster {
+        TestCluster::start_with(kind, n, &[])
+    }
+
+    /// Like [`TestCluster::start`], with `extra` flags for every member.
+    pub fn start_with(kind: Kind, n: usize, extra: &[&str]) -> TestCluster {
         let mut last = String::new();
         for _ in 0..START_ATTEMPTS {
-            let mut c = TestCluster::spawn(kind, n);
+            let mut c = TestCluster::spawn(kind, n, extra);
             match c.wait_ready() {
                 Ok(()) => return c,
                 Err(e) => {
@@ -99,7 +104,7 @@ impl TestCluster {
         panic!("could not start a {n}-member {kind:?} cluster: {last}");
     }
 
-    fn spawn(kind: Kind, n: usize) -> TestCluster {
+    fn spawn(kind: Kind, n: usize, extra: &[&str]) -> TestCluster {
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
@@ -131,6 +136,7 @@ impl TestCluster {
                 .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
                 .args(["--initial-cluster", &initial, "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &token])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log);
