@@ -56,9 +56,23 @@ async fn run(ctx: &Ctx, command: &Command) -> CliResult<()> {
             clap_complete::generate(a.shell, &mut Cli::command(), "cairnctl", &mut std::io::stdout());
             Ok(())
         }
-        Command::Version => {
-            println!("cairnctl version: {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
+        Command::Version => ctx.printer.emit(&VersionOut),
+    }
+}
+
+/// `cairnctl version`.
+struct VersionOut;
+
+impl output::Render for VersionOut {
+    fn simple(&self, _: &output::Printer) -> String {
+        format!("cairnctl version: {}\n", env!("CARGO_PKG_VERSION"))
+    }
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "cairnctl": env!("CARGO_PKG_VERSION") })
+    }
+    fn table(&self, _: &output::Printer) -> output::Table {
+        let mut t = output::Table::new(&["CAIRNCTL VERSION"]);
+        t.row(vec![env!("CARGO_PKG_VERSION").to_string()]);
+        t
     }
 }

@@ -315,6 +315,7 @@ fn completion_scripts_and_help() {
     }
     let help = run_ctl(&["--help"], None).ok().to_string();
     assert!(help.contains("CAIRNCTL_ENDPOINTS") && help.contains("Exit codes"), "{help}");
+    assert_eq!(run_ctl(&["version", "-w", "json"], None).json()["cairnctl"], env!("CARGO_PKG_VERSION"));
     let txn = run_ctl(&["txn", "--help"], None).ok().to_string();
     assert!(txn.contains("TARGET(\"KEY\")"), "{txn}");
 }
