@@ -47,9 +47,9 @@ async fn run(ctx: &Ctx, command: &Command) -> CliResult<()> {
         Command::Member(c) => cmd::member::run(ctx, c).await,
         Command::MoveLeader(a) => cmd::member::move_leader(ctx, a).await,
         Command::Endpoint(c) => cmd::endpoint::run(ctx, c).await,
-        Command::Alarm(c) => cmd::endpoint::alarm(ctx, c).await,
-        Command::Defrag(c) => cmd::endpoint::defrag(ctx, c.cluster).await,
-        Command::Snapshot(SnapshotCommand::Save { file }) => cmd::endpoint::snapshot_save(ctx, file).await,
+        Command::Alarm(c) => cmd::maintenance::alarm(ctx, c).await,
+        Command::Defrag(c) => cmd::maintenance::defrag(ctx, c.cluster).await,
+        Command::Snapshot(SnapshotCommand::Save { file }) => cmd::snapshot::save(ctx, file).await,
         Command::Cluster(ClusterCommand::Health(a)) => cmd::health::run(ctx, a).await,
         Command::Check(CheckCommand::Perf(a)) => cmd::perf::run(ctx, a).await,
         Command::Completion(a) => {

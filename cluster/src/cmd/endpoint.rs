@@ -1,18 +1,15 @@
-//! Per-endpoint commands: endpoint status/health/hashkv, alarm, defrag, snapshot save.
+//! Per-endpoint commands: endpoint status/health/hashkv, and running a call on each endpoint.
 
-use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_client::{Alarm, AlarmKind, Error as ClientError, HashKv, Header, MemberStatus};
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
+use cairn_client::{Error as ClientError, HashKv, MemberStatus};
 use serde_json::{json, Value};
 
-use crate::cli::{AlarmCommand, EndpointCommand};
+use crate::cli::EndpointCommand;
+use crate::cmd::maintenance::alarm_name;
 use crate::ctx::{display_endpoint, Ctx};
 use crate::errors::{CliError, CliResult, ExitKind};
-use crate::output::{header_json, hex_id, human_bytes, Printer, Render, Table};
+use crate::output::{header_json, human_bytes, Printer, Render, Table};
 
 /// The endpoints a per-endpoint command runs on: --endpoints, or with
 /// `--cluster` the client URLs of every member.
@@ -64,7 +61,7 @@ where
 }
 
 /// Prints each failure on stderr and turns them into one error (or none).
-fn report_failures<T>(what: &str, results: &[(String, CliResult<T>)]) -> CliResult<()> {
+pub fn report_failures<T>(what: &str, results: &[(String, CliResult<T>)]) -> CliResult<()> {
     let failed: Vec<&(String, CliResult<T>)> = results.iter().filter(|(_, r)| r.is_err()).collect();
     for (ep, r) in &failed {
         if let Err(e) = r {
@@ -184,97 +181,6 @@ pub async fn health(ctx: &Ctx, endpoints: &[String]) -> Vec<Health> {
             }
         })
         .collect()
-}
-
-pub fn alarm_name(k: AlarmKind) -> &'static str {
-    match k {
-        AlarmKind::None => "NONE",
-        AlarmKind::NoSpace => "NOSPACE",
-        AlarmKind::Corrupt => "CORRUPT",
-    }
-}
-
-pub async fn alarm(ctx: &Ctx, cmd: &AlarmCommand) -> CliResult<()> {
-    let client = ctx.connect().await?;
-    let alarms = match cmd {
-        AlarmCommand::List => ctx.bounded(async { Ok(client.alarm_list().await?) }).await?,
-        AlarmCommand::Disarm => ctx.bounded(async { Ok(client.alarm_disarm(0, AlarmKind::None).await?) }).await?,
-    };
-    ctx.printer.emit(&AlarmOut(alarms))
-}
-
-pub async fn defrag(ctx: &Ctx, cluster: bool) -> CliResult<()> {
-    let eps = targets(ctx, cluster).await?;
-    // One member at a time, as etcd advises: a member may pause while it defragments.
-    let mut results = Vec::new();
-    for ep in &eps {
-        let r = each(ctx, std::slice::from_ref(ep), |c| async move { c.defragment().await }).await;
-        results.extend(r);
-    }
-    let rows: Vec<(String, Header)> =
-        results.iter().filter_map(|(ep, r)| r.as_ref().ok().map(|h| (ep.clone(), *h))).collect();
-    ctx.printer.emit(&DefragOut(rows))?;
-    report_failures("defragment", &results)
-}
-
-pub async fn snapshot_save(ctx: &Ctx, file: &Path) -> CliResult<()> {
-    let eps = ctx.endpoints();
-    if eps.len() != 1 {
-        return Err(CliError::invalid(format!(
-            "snapshot save needs exactly one endpoint, got {}: {}",
-            eps.len(),
-            eps.join(",")
-        ))
-        .with_hint("pick one member with --endpoints host:port"));
-    }
-    let client = ctx.connect_one(&eps[0]).await?;
-    let part = file.with_extension(match file.extension() {
-        Some(e) => format!("{}.part", e.to_string_lossy()),
-        None => "part".into(),
-    });
-    let start = Instant::now();
-    let mut stream = ctx.bounded(async { Ok(client.snapshot().await?) }).await?;
-    let mut out = std::fs::File::create(&part).map_err(|e| CliError::io(format!("create {}", part.display()), e))?;
-    let fail = |e: CliError| {
-        let _ = std::fs::remove_file(&part);
-        e
-    };
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} ({bytes_per_sec})")
-            .expect("a valid progress template"),
-    );
-    let mut written: u64 = 0;
-    let mut remaining: u64 = 0;
-    // A snapshot can be large: each chunk gets the command timeout, not the whole stream.
-    let idle = ctx.global.command_timeout;
-    loop {
-        let next = tokio::time::timeout(idle, stream.next()).await.map_err(|_| fail(CliError::timeout(idle)))?;
-        let Some(chunk) = next else { break };
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => {
-                bar.abandon();
-                return Err(fail(CliError::from(e).context("snapshot stream")));
-            }
-        };
-        out.write_all(&chunk.blob).map_err(|e| fail(CliError::io(format!("write {}", part.display()), e)))?;
-        written += chunk.blob.len() as u64;
-        remaining = chunk.remaining_bytes;
-        bar.set_length(written + chunk.remaining_bytes);
-        bar.set_position(written);
-    }
-    bar.finish_and_clear();
-    if remaining != 0 {
-        return Err(fail(
-            CliError::failed(format!("the snapshot stream ended {remaining} bytes early (after {written} bytes)"))
-                .with_hint("the member may have restarted: run snapshot save again"),
-        ));
-    }
-    out.sync_all().map_err(|e| fail(CliError::io(format!("sync {}", part.display()), e)))?;
-    drop(out);
-    std::fs::rename(&part, file)
-        .map_err(|e| CliError::io(format!("rename {} to {}", part.display(), file.display()), e))?;
-    ctx.printer.emit(&SnapshotOut { path: file.display().to_string(), size: written, took: start.elapsed() })
 }
 
 struct StatusOut(Vec<(String, MemberStatus)>);
@@ -401,64 +307,6 @@ impl Render for HashOut {
         for (ep, h) in &self.0 {
             t.row(vec![ep.clone(), h.hash.to_string(), h.hash_revision.to_string(), h.compact_revision.to_string()]);
         }
-        t
-    }
-}
-
-struct AlarmOut(Vec<Alarm>);
-
-impl Render for AlarmOut {
-    fn simple(&self, _: &Printer) -> String {
-        self.0.iter().map(|a| format!("memberID:{} alarm:{}\n", a.member_id, alarm_name(a.kind))).collect()
-    }
-    fn json(&self) -> Value {
-        let alarms: Vec<Value> =
-            self.0.iter().map(|a| json!({"memberID": a.member_id, "alarm": alarm_name(a.kind)})).collect();
-        json!({ "alarms": alarms })
-    }
-    fn table(&self, _: &Printer) -> Table {
-        let mut t = Table::new(&["MEMBER ID", "ALARM"]);
-        for a in &self.0 {
-            t.row(vec![hex_id(a.member_id as i128), alarm_name(a.kind).into()]);
-        }
-        t
-    }
-}
-
-struct DefragOut(Vec<(String, Header)>);
-
-impl Render for DefragOut {
-    fn simple(&self, _: &Printer) -> String {
-        self.0.iter().map(|(ep, _)| format!("Finished defragmenting etcd member[{ep}]\n")).collect()
-    }
-    fn json(&self) -> Value {
-        Value::Array(self.0.iter().map(|(ep, h)| json!({"Endpoint": ep, "header": header_json(h)})).collect())
-    }
-    fn table(&self, _: &Printer) -> Table {
-        let mut t = Table::new(&["ENDPOINT", "DEFRAGMENTED"]);
-        for (ep, _) in &self.0 {
-            t.row(vec![ep.clone(), "true".into()]);
-        }
-        t
-    }
-}
-
-struct SnapshotOut {
-    path: String,
-    size: u64,
-    took: Duration,
-}
-
-impl Render for SnapshotOut {
-    fn simple(&self, _: &Printer) -> String {
-        format!("Snapshot saved at {}\n", self.path)
-    }
-    fn json(&self) -> Value {
-        json!({"path": self.path, "size": self.size, "took_ms": self.took.as_millis() as u64})
-    }
-    fn table(&self, _: &Printer) -> Table {
-        let mut t = Table::new(&["PATH", "SIZE", "TOOK"]);
-        t.row(vec![self.path.clone(), human_bytes(self.size as i64), format!("{:?}", self.took)]);
         t
     }
 }

@@ -6,7 +6,7 @@ use cairn_client::{Alarm, Member, MemberStatus};
 use serde_json::{json, Value};
 
 use crate::cli::HealthArgs;
-use crate::cmd::endpoint::alarm_name;
+use crate::cmd::maintenance::alarm_name;
 use crate::ctx::{display_endpoint, Ctx};
 use crate::errors::{CliError, CliResult, ExitKind};
 use crate::output::{human_bytes, Printer, Render, Table};

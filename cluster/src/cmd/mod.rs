@@ -4,6 +4,8 @@ pub mod endpoint;
 pub mod health;
 pub mod kv;
 pub mod lease;
+pub mod maintenance;
 pub mod member;
 pub mod perf;
+pub mod snapshot;
 pub mod watch;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use crate::cli::{PerfArgs, PerfLoad};
-use crate::cmd::endpoint;
+use crate::cmd::maintenance;
 use crate::ctx::Ctx;
 use crate::errors::{CliError, CliResult, ExitKind};
 use crate::limits;
@@ -207,7 +207,7 @@ async fn cleanup(ctx: &Ctx, client: &Client, a: &PerfArgs) -> CliResult<()> {
         ctx.bounded(async { Ok(client.compact(rev, true).await?) }).await.map_err(|e| e.context("auto-compact"))?;
     }
     if a.auto_defrag {
-        endpoint::defrag(ctx, false).await.map_err(|e| e.context("auto-defrag"))?;
+        maintenance::defrag(ctx, false).await.map_err(|e| e.context("auto-defrag"))?;
     }
     Ok(())
 }
