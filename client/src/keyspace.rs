@@ -310,7 +310,7 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
         Ok(Versioned { key: key.to_string(), value, create_revision: rev, mod_revision: rev, version: 1, lease })
     }
 
-    /// Writes `key` unconditionally.
+    /// Writes `key` unconditionally (like etcd's put, this detaches any lease).
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
@@ -330,8 +330,8 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
     }
 
     /// Writes `key` only if its last modification is still `mod_revision` (0:
-    /// only if it does not exist). Fails with [`Error::ConditionFailed`]
-    /// otherwise.
+    /// only if it does not exist), detaching any lease like a put. Fails with
+    /// [`Error::ConditionFailed`] otherwise.
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
@@ -388,7 +388,9 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
     /// between (compare on `mod_revision`); otherwise reads again and retries, at
     /// most [`Keyspace::cas_attempts_max`] times. `f` may run several times, so
     /// it should have no side effects. Fails with [`Error::NotFound`] if the key
-    /// does not exist.
+    /// does not exist. The key keeps its lease. If a round fails with
+    /// [`Error::OutcomeUnknown`], the loop stops there: that write may have been
+    /// applied, and running `f` again could apply the change twice.
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
@@ -423,11 +425,17 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
             let expected = current.as_ref().map(|v| v.mod_revision).unwrap_or(0);
             let new = f(current.as_ref().map(|v| &v.value))?;
             let bytes = self.encode(key, &new)?;
+            // An update keeps the key's lease (the compare guarantees the key
+            // still exists when `current` says it does).
+            let put = match current {
+                Some(_) => TxnOp::put(full.clone(), bytes).ignore_lease(),
+                None => TxnOp::put(full.clone(), bytes),
+            };
             let resp = self
                 .client
                 .txn()
                 .when([Compare::mod_revision(full.clone(), CompareOp::Equal, expected)])
-                .and_then([TxnOp::put(full.clone(), bytes)])
+                .and_then([put])
                 .or_else([TxnOp::get(full.clone())])
                 .send()
                 .await?;

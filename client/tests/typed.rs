@@ -55,6 +55,14 @@ async fn cas_update_under_contention_applies_each_increment_once() {
         Err(Error::NotFound { key }) => assert_eq!(key, "missing"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+
+    // An update keeps the key's lease.
+    let lease = ok("grant", ks.client().lease_grant(30)).await;
+    ok("create leased", ks.create_with_lease("leased", 1, lease.id)).await;
+    let v = ok("update leased", ks.update("leased", |n| n + 1)).await;
+    assert_eq!((v.value, v.lease), (2, lease.id));
+    let raw = ok("raw get", ks.client().get(ks.full_key("leased")).send()).await.into_first().expect("exists");
+    assert_eq!(raw.lease, lease.id);
 }
 
 /// Every (key, value, revision) change under `prefix` from `from` on, as the
