@@ -225,6 +225,21 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
         kv.map(|kv| self.decode_kv(kv)).transpose()
     }
 
+    /// The value of `key` as it was at revision `revision` (fails with
+    /// [`Error::Compacted`] below the compaction point).
+    ///
+    /// ```no_run
+    /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+    /// let listing = ks.list().await?;
+    /// // Later: the same key as of the listing, whatever happened since.
+    /// let then = ks.get_at("a", listing.revision).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_at(&self, key: &str, revision: i64) -> Result<Option<Versioned<T>>> {
+        let kv = self.client.get(self.full_key(key)).revision(revision).send().await?.into_first();
+        kv.map(|kv| self.decode_kv(kv)).transpose()
+    }
+
     /// Every value of the keyspace, consistent at one revision (read page by
     /// page, every page at the revision of the first).
     ///
@@ -380,6 +395,39 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
     pub async fn delete(&self, key: &str) -> Result<Deleted<T>> {
         let resp = self.client.delete(self.full_key(key)).prev_kv().send().await?;
         let prev = resp.prev_kvs.into_iter().next().map(|kv| self.decode_kv(kv)).transpose()?;
+        Ok(Deleted { revision: resp.header.revision, prev })
+    }
+
+    /// Deletes `key` only if its last modification is still `mod_revision`.
+    /// Fails with [`Error::ConditionFailed`] otherwise (also if it is gone).
+    ///
+    /// ```no_run
+    /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+    /// let v = ks.get("a").await?.expect("exists");
+    /// ks.delete_if_revision("a", v.mod_revision).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> Result<Deleted<T>> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .txn()
+            .when([Compare::mod_revision(full.clone(), CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::delete(full.clone()).prev_kv()])
+            .or_else([TxnOp::get(full).keys_only()])
+            .send()
+            .await?;
+        if !resp.succeeded {
+            let found = existing_mod_revision(&resp.responses);
+            return Err(Error::ConditionFailed {
+                key: key.to_string(),
+                detail: format!("expected mod revision {mod_revision}, found {found}"),
+            });
+        }
+        let prev = match resp.responses.into_iter().next() {
+            Some(TxnOpResponse::Delete(d)) => d.prev_kvs.into_iter().next().map(|kv| self.decode_kv(kv)).transpose()?,
+            _ => None,
+        };
         Ok(Deleted { revision: resp.header.revision, prev })
     }
 
