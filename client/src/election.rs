@@ -179,7 +179,8 @@ impl Election {
     /// Becomes a contender with `lease` and waits until it leads. If the lease is
     /// lost while waiting, fails with [`Error::LeaseLost`]. If the returned
     /// future is dropped before it completes, the candidacy is withdrawn.
-    /// Campaigning again with the same lease resumes the same candidacy.
+    /// Campaigning again with the same lease resumes the same candidacy (so one
+    /// lease stands for one contender: give concurrent contenders their own).
     pub async fn campaign(&self, lease: &LeaseHandle, value: impl Into<Vec<u8>>) -> Result<Leadership> {
         let key = format!("{}{:x}", self.prefix, lease.id());
         let value = value.into();

@@ -225,6 +225,21 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
         kv.map(|kv| self.decode_kv(kv)).transpose()
     }
 
+    /// The value of `key` as it was at revision `revision` (fails with
+    /// [`Error::Compacted`] below the compaction point).
+    ///
+    /// ```no_run
+    /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+    /// let listing = ks.list().await?;
+    /// // Later: the same key as of the listing, whatever happened since.
+    /// let then = ks.get_at("a", listing.revision).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_at(&self, key: &str, revision: i64) -> Result<Option<Versioned<T>>> {
+        let kv = self.client.get(self.full_key(key)).revision(revision).send().await?.into_first();
+        kv.map(|kv| self.decode_kv(kv)).transpose()
+    }
+
     /// Every value of the keyspace, consistent at one revision (read page by
     /// page, every page at the revision of the first).
     ///
@@ -310,7 +325,7 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
         Ok(Versioned { key: key.to_string(), value, create_revision: rev, mod_revision: rev, version: 1, lease })
     }
 
-    /// Writes `key` unconditionally.
+    /// Writes `key` unconditionally (like etcd's put, this detaches any lease).
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
@@ -330,8 +345,8 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
     }
 
     /// Writes `key` only if its last modification is still `mod_revision` (0:
-    /// only if it does not exist). Fails with [`Error::ConditionFailed`]
-    /// otherwise.
+    /// only if it does not exist), detaching any lease like a put. Fails with
+    /// [`Error::ConditionFailed`] otherwise.
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
@@ -383,12 +398,47 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
         Ok(Deleted { revision: resp.header.revision, prev })
     }
 
+    /// Deletes `key` only if its last modification is still `mod_revision`.
+    /// Fails with [`Error::ConditionFailed`] otherwise (also if it is gone).
+    ///
+    /// ```no_run
+    /// # async fn demo(ks: cairn_client::Keyspace<String>) -> cairn_client::Result<()> {
+    /// let v = ks.get("a").await?.expect("exists");
+    /// ks.delete_if_revision("a", v.mod_revision).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_if_revision(&self, key: &str, mod_revision: i64) -> Result<Deleted<T>> {
+        let full = self.full_key(key);
+        let resp = self
+            .client
+            .txn()
+            .when([Compare::mod_revision(full.clone(), CompareOp::Equal, mod_revision)])
+            .and_then([TxnOp::delete(full.clone()).prev_kv()])
+            .or_else([TxnOp::get(full).keys_only()])
+            .send()
+            .await?;
+        if !resp.succeeded {
+            let found = existing_mod_revision(&resp.responses);
+            return Err(Error::ConditionFailed {
+                key: key.to_string(),
+                detail: format!("expected mod revision {mod_revision}, found {found}"),
+            });
+        }
+        let prev = match resp.responses.into_iter().next() {
+            Some(TxnOpResponse::Delete(d)) => d.prev_kvs.into_iter().next().map(|kv| self.decode_kv(kv)).transpose()?,
+            _ => None,
+        };
+        Ok(Deleted { revision: resp.header.revision, prev })
+    }
+
     /// Replaces the value of an existing `key` with `f(old)`, atomically: reads
     /// the value, computes the new one and writes it only if nobody wrote in
     /// between (compare on `mod_revision`); otherwise reads again and retries, at
     /// most [`Keyspace::cas_attempts_max`] times. `f` may run several times, so
     /// it should have no side effects. Fails with [`Error::NotFound`] if the key
-    /// does not exist.
+    /// does not exist. The key keeps its lease. If a round fails with
+    /// [`Error::OutcomeUnknown`], the loop stops there: that write may have been
+    /// applied, and running `f` again could apply the change twice.
     ///
     /// ```no_run
     /// # async fn demo(ks: cairn_client::Keyspace<u64>) -> cairn_client::Result<()> {
@@ -423,11 +473,17 @@ impl<T: Value, C: Codec> Keyspace<T, C> {
             let expected = current.as_ref().map(|v| v.mod_revision).unwrap_or(0);
             let new = f(current.as_ref().map(|v| &v.value))?;
             let bytes = self.encode(key, &new)?;
+            // An update keeps the key's lease (the compare guarantees the key
+            // still exists when `current` says it does).
+            let put = match current {
+                Some(_) => TxnOp::put(full.clone(), bytes).ignore_lease(),
+                None => TxnOp::put(full.clone(), bytes),
+            };
             let resp = self
                 .client
                 .txn()
                 .when([Compare::mod_revision(full.clone(), CompareOp::Equal, expected)])
-                .and_then([TxnOp::put(full.clone(), bytes)])
+                .and_then([put])
                 .or_else([TxnOp::get(full.clone())])
                 .send()
                 .await?;

@@ -175,3 +175,34 @@ async fn fails_over_to_another_endpoint() {
         other => panic!("expected Config, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_fail_over_from_a_frozen_member_and_ambiguous_writes_are_not_retried() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let frozen = (leader + 1) % 3;
+    let opts = || test_options().request_timeout(std::time::Duration::from_secs(2));
+    let eps = |first: usize| (0..3).map(|k| cluster.endpoint((first + k) % 3)).collect::<Vec<_>>();
+    let reader = ok("connect reader", Client::connect(eps(frozen), opts())).await;
+    let writer = ok("connect writer", Client::connect(eps(frozen), opts())).await;
+    ok("warm reader", reader.get("x").send()).await;
+    ok("warm writer", writer.get("x").send()).await;
+    assert_eq!(writer.current_endpoint(), cluster.endpoint(frozen));
+
+    cluster.pause(frozen);
+    // A read gets no answer from the frozen member and is retried elsewhere.
+    ok("read past a frozen member", reader.get("x").send()).await;
+    assert_ne!(reader.current_endpoint(), cluster.endpoint(frozen));
+    // A write that got no answer may still be applied (the member may process
+    // it when it wakes up): it is reported, not retried.
+    match within("write to a frozen member", writer.put("ambiguous", "v").send()).await {
+        Err(Error::OutcomeUnknown { .. }) => {}
+        other => panic!("expected OutcomeUnknown, got {other:?}"),
+    }
+    cluster.resume(frozen);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let kv = ok("read back", reader.get("ambiguous").send()).await.into_first();
+    assert!(kv.as_ref().is_none_or(|kv| kv.version == 1), "the ambiguous write was applied more than once: {kv:?}");
+    // The client moved on: the next write goes elsewhere and succeeds.
+    ok("write after failover", writer.put("after", "v").send()).await;
+}

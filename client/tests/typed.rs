@@ -55,6 +55,25 @@ async fn cas_update_under_contention_applies_each_increment_once() {
         Err(Error::NotFound { key }) => assert_eq!(key, "missing"),
         other => panic!("expected NotFound, got {other:?}"),
     }
+
+    // Conditional delete and reads of the past.
+    match within("stale delete", ks.delete_if_revision("n", fin.mod_revision - 1)).await {
+        Err(Error::ConditionFailed { .. }) => {}
+        other => panic!("expected ConditionFailed, got {other:?}"),
+    }
+    let before = ok("get_at", ks.get_at("n", fin.mod_revision - 1)).await.expect("existed");
+    assert_eq!(before.value, TASKS * INCREMENTS - 1);
+    let d = ok("delete_if_revision", ks.delete_if_revision("n", fin.mod_revision)).await;
+    assert_eq!(d.prev.map(|p| p.value), Some(TASKS * INCREMENTS));
+    assert!(ok("gone", ks.get("n")).await.is_none());
+
+    // An update keeps the key's lease.
+    let lease = ok("grant", ks.client().lease_grant(30)).await;
+    ok("create leased", ks.create_with_lease("leased", 1, lease.id)).await;
+    let v = ok("update leased", ks.update("leased", |n| n + 1)).await;
+    assert_eq!((v.value, v.lease), (2, lease.id));
+    let raw = ok("raw get", ks.client().get(ks.full_key("leased")).send()).await.into_first().expect("exists");
+    assert_eq!(raw.lease, lease.id);
 }
 
 /// Every (key, value, revision) change under `prefix` from `from` on, as the

@@ -302,6 +302,22 @@ impl Cluster {
         self.nodes[i].kill();
     }
 
+    /// Freezes member `i` (SIGSTOP): its sockets stay open but it answers nothing.
+    pub fn pause(&self, i: usize) {
+        self.signal(i, "-STOP");
+    }
+
+    /// Thaws a member frozen by [`Cluster::pause`] (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        self.signal(i, "-CONT");
+    }
+
+    fn signal(&self, i: usize, sig: &str) {
+        let pid = self.nodes[i].child.as_ref().unwrap_or_else(|| panic!("member {i} is not running")).id();
+        let status = Command::new("kill").arg(sig).arg(pid.to_string()).status().expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
     /// Starts member `i` again on its data dir (does not wait).
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
