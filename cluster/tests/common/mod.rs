@@ -5,7 +5,8 @@
 //! The `cairn` binary is found next to the test executable's directory
 //! (`target/debug/deps/x` → `target/debug/cairn`, built by
 //! `cargo test --workspace`); if it is missing the harness builds it with
-//! `cargo build -p cairn-server --bin cairn`. etcd is `/usr/bin/etcd` (Debian
+//! `cargo build -p cairn-server --bin cairn`; `CAIRN_BIN=/path/to/cairn` overrides
+//! it. etcd is `/usr/bin/etcd` (Debian
 //! `etcd-server`) unless `CAIRN_TEST_ETCD_BIN` says otherwise.
 #![allow(dead_code)]
 
@@ -37,6 +38,9 @@ pub enum Kind {
 fn cairn_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("CAIRN_BIN") {
+            return PathBuf::from(bin);
+        }
         let exe = std::env::current_exe().expect("current_exe");
         let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>").to_path_buf();
         let bin = dir.join("cairn");
