@@ -22,7 +22,8 @@ check perf).";
 /// The commands and flags follow etcdctl v3, so that `etcdctl get --prefix /a` becomes
 /// `cairnctl get --prefix /a`. cairnctl also talks to etcd itself.
 #[derive(Debug, Parser)]
-#[command(name = "cairnctl", version, after_help = AFTER_HELP, propagate_version = true)]
+// A repeated flag takes its last value, as with etcdctl.
+#[command(name = "cairnctl", version, after_help = AFTER_HELP, propagate_version = true, args_override_self = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -35,8 +36,8 @@ pub struct Cli {
 #[command(next_help_heading = "Global options")]
 pub struct GlobalArgs {
     /// Comma-separated client URLs of the cluster (`host:port` means `http://host:port`)
-    #[arg(long, global = true, env = "CAIRNCTL_ENDPOINTS", value_delimiter = ',', default_value = "127.0.0.1:2379")]
-    pub endpoints: Vec<String>,
+    #[arg(long, global = true, env = "CAIRNCTL_ENDPOINTS", default_value = "127.0.0.1:2379")]
+    pub endpoints: String,
     /// How long to wait for a connection to an endpoint (e.g. 2s, 500ms)
     #[arg(long, global = true, env = "CAIRNCTL_DIAL_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
     pub dial_timeout: Duration,
@@ -515,10 +516,22 @@ mod tests {
             "--hex",
         ])
         .unwrap();
-        assert_eq!(cli.global.endpoints, vec!["a:1", "b:2"]);
+        assert_eq!(cli.global.endpoints, "a:1,b:2");
         assert_eq!(cli.global.write_out, OutputFormat::Json);
         assert_eq!(cli.global.dial_timeout, Duration::from_millis(500));
         assert!(cli.global.hex);
+    }
+
+    #[test]
+    fn the_last_endpoints_flag_wins() {
+        let cli =
+            Cli::try_parse_from(["cairnctl", "--endpoints", "a:1,b:2", "get", "k", "--endpoints", "c:3"]).unwrap();
+        assert_eq!(cli.global.endpoints, "c:3");
+        let cli =
+            Cli::try_parse_from(["cairnctl", "--endpoints", "a:1", "--endpoints", "c:3,d:4", "get", "k"]).unwrap();
+        assert_eq!(cli.global.endpoints, "c:3,d:4");
+        let cli = Cli::try_parse_from(["cairnctl", "-w", "json", "get", "k", "-w", "table"]).unwrap();
+        assert_eq!(cli.global.write_out, OutputFormat::Table);
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl Ctx {
 
     /// The endpoints of --endpoints, as URLs.
     pub fn endpoints(&self) -> Vec<String> {
-        self.global.endpoints.iter().filter(|e| !e.trim().is_empty()).map(|e| normalize_endpoint(e)).collect()
+        self.global.endpoints.split(',').filter(|e| !e.trim().is_empty()).map(normalize_endpoint).collect()
     }
 
     /// A client over every endpoint of --endpoints (failover between them).

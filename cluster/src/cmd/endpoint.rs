@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use cairn_client::{Error as ClientError, HashKv, MemberStatus};
+use cairn_client::{Error as ClientError, HashKv, Member, MemberStatus};
 use serde_json::{json, Value};
 
 use crate::cli::EndpointCommand;
@@ -27,8 +27,10 @@ pub async fn targets(ctx: &Ctx, cluster: bool) -> CliResult<Vec<String>> {
         }
         Err(e) => return Err(e),
     };
+    let mut members = list.members;
+    fill_client_urls(ctx, &mut members).await;
     let mut urls: Vec<String> = Vec::new();
-    for m in &list.members {
+    for m in &members {
         for u in &m.client_urls {
             if !urls.contains(u) {
                 urls.push(u.clone());
@@ -39,6 +41,24 @@ pub async fn targets(ctx: &Ctx, cluster: bool) -> CliResult<Vec<String>> {
         return Err(CliError::failed("no member advertises a client URL").with_hint("check `cairnctl member list`"));
     }
     Ok(urls)
+}
+
+/// Members that advertise no client URL (not started yet, or a member list that
+/// only knows the answering member's URLs) get the --endpoints entry whose status
+/// names them, so that they can still be asked.
+pub async fn fill_client_urls(ctx: &Ctx, members: &mut [Member]) {
+    if members.iter().all(|m| !m.client_urls.is_empty()) {
+        return;
+    }
+    let known: Vec<String> = members.iter().flat_map(|m| m.client_urls.clone()).collect();
+    let unknown: Vec<String> = ctx.endpoints().into_iter().filter(|ep| !known.contains(ep)).collect();
+    for (ep, status) in unknown.iter().zip(each(ctx, &unknown, |c| async move { c.status().await }).await) {
+        if let (_, Ok(s)) = status {
+            if let Some(m) = members.iter_mut().find(|m| m.id == s.header.member_id && m.client_urls.is_empty()) {
+                m.client_urls.push(ep.clone());
+            }
+        }
+    }
 }
 
 /// Runs `f` on every endpoint concurrently (each with its own connection),

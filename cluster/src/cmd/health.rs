@@ -6,6 +6,7 @@ use cairn_client::{Alarm, Member, MemberStatus};
 use serde_json::{json, Value};
 
 use crate::cli::HealthArgs;
+use crate::cmd::endpoint::fill_client_urls;
 use crate::cmd::maintenance::alarm_name;
 use crate::ctx::{display_endpoint, Ctx};
 use crate::errors::{CliError, CliResult, ExitKind};
@@ -47,6 +48,8 @@ pub async fn run(ctx: &Ctx, a: &HealthArgs) -> CliResult<()> {
         }
         Err(e) => return Err(e),
     };
+    let mut members = members;
+    fill_client_urls(ctx, &mut members).await;
     let members = probe_members(ctx, members).await;
     let cluster_id = if cluster_id != 0 {
         cluster_id
@@ -217,7 +220,10 @@ impl Render for Report {
                 let id = format!("{l:x}");
                 let name = self.member_name(l);
                 let who = if name == id { id } else { format!("{name} ({id})") };
-                format!("leader {who}, term {}", self.term.unwrap_or(0))
+                match self.term {
+                    Some(t) => format!("leader {who}, term {t}"),
+                    None => format!("leader {who}, term unknown"),
+                }
             }
             None => "no leader".into(),
         };

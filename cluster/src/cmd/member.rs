@@ -86,7 +86,13 @@ pub async fn move_leader(ctx: &Ctx, a: &MoveLeaderArgs) -> CliResult<()> {
             .with_hint("check `cairnctl member list`"));
     };
     let on_leader = ctx.connect_one(url).await?;
-    let header = ctx.bounded(async { Ok(on_leader.move_leader(target).await?) }).await?;
+    let header = ctx.bounded(async { Ok(on_leader.move_leader(target).await?) }).await.map_err(|e| {
+        if e.message.starts_with("outcome unknown") {
+            e.with_hint("the transfer may still complete: see who leads with `cairnctl endpoint status --cluster`")
+        } else {
+            e
+        }
+    })?;
     ctx.printer.emit(&MovedOut { header, from: leader, to: target, via: display_endpoint(url) })
 }
 
