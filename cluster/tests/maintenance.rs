@@ -1,9 +1,8 @@
 //! Membership and maintenance commands (member, move-leader, endpoint --cluster,
 //! hashkv, alarm, defrag, snapshot, cluster health) on a three-member cluster.
 //!
-//! They run against etcd today. On Cairn the Cluster API and most of the
-//! Maintenance API are being implemented: the Cairn variants are ignored until
-//! they land (`cargo test -p cairn-cluster --test maintenance -- --ignored`).
+//! The same sequence runs against etcd and Cairn. One Cairn check is ignored until
+//! a server bug is fixed (`cargo test -p cairn-cluster --test maintenance -- --ignored`).
 
 mod common;
 
@@ -23,10 +22,14 @@ fn leader_of(ep: &str) -> u64 {
     ctl(ep, &["endpoint", "status", "-w", "json"]).json()[0]["Status"]["leader"].as_u64().unwrap()
 }
 
-fn membership_and_maintenance(kind: Kind) {
+/// `member_list_has_every_client_url`: whether one member's member list names
+/// every member's client URLs (etcd: yes), so that `--cluster` from one endpoint
+/// reaches them all; otherwise the cluster-wide commands are given every endpoint.
+fn membership_and_maintenance(kind: Kind, member_list_has_every_client_url: bool) {
     let mut c = TestCluster::start(kind, 3);
     let one = c.endpoint(0);
     let all = c.endpoints();
+    let from = if member_list_has_every_client_url { one.clone() } else { all.clone() };
 
     // member list in every format.
     let ids = member_ids(&one);
@@ -44,25 +47,25 @@ fn membership_and_maintenance(kind: Kind) {
     ctl(&one, &["move-leader", "abcdef"]).fails(1, &["not in the cluster"]);
     ctl(&one, &["member", "remove", "xyz"]).fails(3, &["hexadecimal"]);
 
-    // endpoint --cluster reaches every member from one endpoint.
-    let status = ctl(&one, &["endpoint", "status", "--cluster", "-w", "json"]).json();
+    // endpoint --cluster reaches every member.
+    let status = ctl(&from, &["endpoint", "status", "--cluster", "-w", "json"]).json();
     assert_eq!(status.as_array().unwrap().len(), 3, "{status}");
-    let health = ctl(&one, &["endpoint", "health", "--cluster", "-w", "json"]).json();
+    let health = ctl(&from, &["endpoint", "health", "--cluster", "-w", "json"]).json();
     assert!(health.as_array().unwrap().iter().all(|h| h["health"] == true), "{health}");
 
     // cluster health: one screen, OK.
-    let report = ctl(&one, &["cluster", "health", "-w", "json"]).json();
+    let report = ctl(&from, &["cluster", "health", "-w", "json"]).json();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["members"].as_array().unwrap().len(), 3);
     assert!(report["members"].as_array().unwrap().iter().all(|m| m["lag"].as_u64().is_some()), "{report}");
-    let screen = ctl(&one, &["cluster", "health"]).ok().to_string();
+    let screen = ctl(&from, &["cluster", "health"]).ok().to_string();
     assert!(screen.contains(": OK (3 members, leader m"), "{screen}");
     assert!(screen.contains("alarms: none") && screen.contains("slowest member: "), "{screen}");
 
     // hashkv: every member hashes the same revision the same way.
     ctl(&all, &["put", "h", "1"]).ok();
     let rev = ctl(&all, &["get", "h", "-w", "json"]).json()["header"]["revision"].as_i64().unwrap();
-    let hashes = ctl(&one, &["endpoint", "hashkv", "--cluster", "--rev", &rev.to_string(), "-w", "json"]).json();
+    let hashes = ctl(&from, &["endpoint", "hashkv", "--cluster", "--rev", &rev.to_string(), "-w", "json"]).json();
     let hashes: Vec<&Value> = hashes.as_array().unwrap().iter().map(|h| &h["HashKV"]["hash"]).collect();
     assert_eq!(hashes.len(), 3);
     assert!(hashes.iter().all(|h| *h == hashes[0]), "{hashes:?}");
@@ -73,7 +76,7 @@ fn membership_and_maintenance(kind: Kind) {
     assert_eq!(ctl(&one, &["alarm", "disarm"]).ok(), "");
 
     // defrag every member.
-    let out = ctl(&one, &["defrag", "--cluster"]).ok().to_string();
+    let out = ctl(&from, &["defrag", "--cluster"]).ok().to_string();
     assert_eq!(out.matches("Finished defragmenting").count(), 3, "{out}");
 
     // snapshot save: one endpoint only; the file is complete and the .part is gone.
@@ -126,7 +129,7 @@ fn membership_and_maintenance(kind: Kind) {
 
     // A dead follower: cluster health says NOT OK, names it, exits 5.
     let leader = leader_of(&one);
-    let report = ctl(&one, &["cluster", "health", "-w", "json"]).json();
+    let report = ctl(&from, &["cluster", "health", "-w", "json"]).json();
     let victim = report["members"]
         .as_array()
         .unwrap()
@@ -136,18 +139,30 @@ fn membership_and_maintenance(kind: Kind) {
         .expect("a follower that is not member 1");
     let idx = (0..3).find(|&i| c.endpoint(i) == victim).unwrap();
     c.kill(idx);
-    let out = ctl(&one, &["cluster", "health", "--dial-timeout", "500ms"]);
+    let out = ctl(&from, &["cluster", "health", "--dial-timeout", "500ms"]);
     out.fails(5, &["cluster is not healthy", "unreachable"]);
     assert!(out.stdout.contains("NOT OK") && out.stdout.contains("unreachable"), "{out:?}");
 }
 
 #[test]
 fn membership_and_maintenance_on_etcd() {
-    membership_and_maintenance(Kind::Etcd);
+    membership_and_maintenance(Kind::Etcd, true);
 }
 
 #[test]
-#[ignore = "needs Cairn's Cluster and Maintenance APIs (in progress on main)"]
 fn membership_and_maintenance_on_cairn() {
-    membership_and_maintenance(Kind::Cairn);
+    membership_and_maintenance(Kind::Cairn, false);
+}
+
+#[test]
+#[ignore = "Cairn bug: MemberList reports client URLs only for the member that answers"]
+fn cluster_flag_reaches_every_member_from_one_endpoint_on_cairn() {
+    let c = TestCluster::start(Kind::Cairn, 3);
+    let one = c.endpoint(0);
+    let list = ctl(&one, &["member", "list", "-w", "json"]).json();
+    for m in list["members"].as_array().unwrap() {
+        assert_eq!(m["clientURLs"].as_array().map(Vec::len), Some(1), "{list}");
+    }
+    let status = ctl(&one, &["endpoint", "status", "--cluster", "-w", "json"]).json();
+    assert_eq!(status.as_array().unwrap().len(), 3, "{status}");
 }
