@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
+
 use futures::Stream;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::StreamExt;
@@ -262,17 +264,41 @@ async fn run<T: Value, C: Codec>(
             }
         };
         let mut from = *next.get_or_insert(stream.created_revision() + 1);
+        let (idle, probe_timeout) = (ks.client().options().watch_idle_probe, ks.client().options().watch_probe_timeout);
+        let mut last_heard = Instant::now();
+        let mut probe_sent: Option<Instant> = None;
         loop {
+            let check_at = match probe_sent {
+                None => last_heard + idle,
+                Some(sent) => sent + probe_timeout,
+            };
             let item = tokio::select! {
+                biased;
+                item = stream.next() => item,
+                _ = tx.closed() => return,
                 _ = progress.notified() => {
                     if stream.request_progress().await.is_err() {
                         break;
                     }
                     continue;
                 }
-                _ = tx.closed() => return,
-                item = stream.next() => item,
+                _ = tokio::time::sleep_until(check_at) => {
+                    if probe_sent.is_none() {
+                        probe_sent = Some(Instant::now());
+                        if stream.request_progress().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    tracing::debug!(endpoint = stream.endpoint(), "typed watch: member does not answer; resuming at {from} elsewhere");
+                    ks.client().fail_over_from(stream.endpoint());
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                    break;
+                }
             };
+            last_heard = Instant::now();
+            probe_sent = None;
             let batch = match item {
                 None => break,
                 Some(Err(e)) if resumable(&e) => {
