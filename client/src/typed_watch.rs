@@ -95,7 +95,10 @@ impl Drop for AbortOnDrop {
 /// It survives member failures and leader changes: after a broken stream it
 /// reconnects (to another member if needed) and resumes from the revision after
 /// the last one it delivered, skipping anything already delivered, so the
-/// sequence has no gap and no duplicate. If the history it needs has been
+/// sequence has no gap and no duplicate. A member that keeps the connection
+/// open but stops answering (frozen, or cut off from its cluster) is detected
+/// by a progress probe after an idle period and left the same way (see
+/// [`crate::ClientOptions::watch_probe`]). If the history it needs has been
 /// compacted, it yields [`Error::Compacted`] with the compact revision and
 /// ends; list the keyspace again and watch from the listing's revision + 1 (or
 /// use a [`crate::Mirror`], which does that for you). A value the codec cannot
