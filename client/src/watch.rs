@@ -307,7 +307,7 @@ async fn open_on(
         responses,
         fragments: Vec::new(),
         done: false,
-        endpoint: client.url_of(i).to_string(),
+        endpoint: client.url_of(i),
     })
 }
 
