@@ -249,7 +249,8 @@ async fn run<T: Value, C: Codec>(
         if tx.is_closed() {
             return;
         }
-        let mut req = ks.client().watch(ks.prefix().as_bytes().to_vec()).prefix().prev_kv().progress_notify();
+        let mut req =
+            ks.client().watch(ks.prefix().as_bytes().to_vec()).prefix().prev_kv().progress_notify().fragment();
         if let Some(n) = next {
             req = req.start_revision(n);
         }
