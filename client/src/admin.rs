@@ -172,7 +172,8 @@ pub struct HashKv {
     pub hash: u32,
     /// The compaction revision the hash starts from.
     pub compact_revision: i64,
-    /// The revision the hash covers up to.
+    /// The revision the hash covers up to (0 from servers that do not report it,
+    /// such as etcd 3.4).
     pub hash_revision: i64,
 }
 

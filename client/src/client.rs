@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -41,11 +41,14 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    members: Vec<MemberChannel>,
+    /// Replaced as a whole by [`Client::sync_endpoints`]; indices into it are
+    /// taken modulo its length, so a stale index is harmless.
+    members: RwLock<Arc<Vec<MemberChannel>>>,
     current: AtomicUsize,
     pub(crate) opts: ClientOptions,
 }
 
+#[derive(Clone)]
 struct MemberChannel {
     url: String,
     channel: Channel,
@@ -120,18 +123,68 @@ impl Client {
                 reason: format!("no endpoint accepts connections: {}", failures.join("; ")),
             });
         };
-        Ok(Client { inner: Arc::new(Inner { members, current: AtomicUsize::new(current), opts }) })
+        Ok(Client::from_members(members, current, opts))
+    }
+
+    fn from_members(members: Vec<MemberChannel>, current: usize, opts: ClientOptions) -> Client {
+        let members = RwLock::new(Arc::new(members));
+        Client { inner: Arc::new(Inner { members, current: AtomicUsize::new(current), opts }) }
+    }
+
+    fn members(&self) -> Arc<Vec<MemberChannel>> {
+        self.inner.members.read().expect("endpoint list lock").clone()
+    }
+
+    /// Replaces the endpoints with the client URLs of the cluster's voting
+    /// members, as the cluster lists them now (etcd's `Sync`), and answers them.
+    /// Call it after membership changes, or periodically, so that failover
+    /// knows every member. Connections to endpoints that stay are kept.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> cairn_client::Result<()> {
+    /// let client = cairn_client::Client::connect(["http://10.0.0.1:2379"], Default::default()).await?;
+    /// let all = client.sync_endpoints().await?; // now fails over to every member
+    /// # Ok(()) }
+    /// ```
+    pub async fn sync_endpoints(&self) -> Result<Vec<String>> {
+        let list = self.member_list(false).await?;
+        let old = self.members();
+        let mut new: Vec<MemberChannel> = Vec::new();
+        for url in list.members.iter().filter(|m| !m.is_learner).flat_map(|m| m.client_urls.iter()) {
+            let url = url.trim().trim_end_matches('/');
+            if new.iter().any(|m| m.url == url) {
+                continue;
+            }
+            if let Some(m) = old.iter().find(|m| m.url == url) {
+                new.push(m.clone());
+                continue;
+            }
+            match endpoint(url, &self.inner.opts) {
+                Ok(ep) => new.push(MemberChannel { url: url.to_string(), channel: ep.connect_lazy() }),
+                Err(e) => tracing::warn!(%url, error = %e, "sync_endpoints: member URL left out"),
+            }
+        }
+        if new.is_empty() {
+            return Err(Error::Unavailable { reason: "the member list names no usable client URL".into() });
+        }
+        let current = self.current_endpoint();
+        let index = new.iter().position(|m| m.url == current).unwrap_or(0);
+        let urls = new.iter().map(|m| m.url.clone()).collect();
+        *self.inner.members.write().expect("endpoint list lock") = Arc::new(new);
+        self.inner.current.store(index, Ordering::Relaxed);
+        Ok(urls)
     }
 
     /// The endpoints this client was built with, in order.
     pub fn endpoints(&self) -> Vec<String> {
-        self.inner.members.iter().map(|m| m.url.clone()).collect()
+        self.members().iter().map(|m| m.url.clone()).collect()
     }
 
     /// The endpoint requests currently go to (it changes on failover).
     pub fn current_endpoint(&self) -> String {
-        let i = self.inner.current.load(Ordering::Relaxed);
-        self.inner.members[i].url.clone()
+        let members = self.members();
+        let i = self.inner.current.load(Ordering::Relaxed) % members.len();
+        members[i].url.clone()
     }
 
     /// The options this client was built with.
@@ -141,27 +194,31 @@ impl Client {
 
     /// The current member's index and channel.
     pub(crate) fn channel(&self) -> (usize, Channel) {
-        let i = self.inner.current.load(Ordering::Relaxed);
-        (i, self.inner.members[i].channel.clone())
+        let members = self.members();
+        let i = self.inner.current.load(Ordering::Relaxed) % members.len();
+        (i, members[i].channel.clone())
     }
 
-    pub(crate) fn url_of(&self, i: usize) -> &str {
-        &self.inner.members[i].url
+    pub(crate) fn url_of(&self, i: usize) -> String {
+        let members = self.members();
+        members[i % members.len()].url.clone()
     }
 
     /// Moves to the member after `failed`, unless another task already moved on.
     pub(crate) fn fail_over(&self, failed: usize) {
-        let next = (failed + 1) % self.inner.members.len();
+        let members = self.members();
+        let failed = failed % members.len();
+        let next = (failed + 1) % members.len();
         if self.inner.current.compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-            && self.inner.members.len() > 1
+            && members.len() > 1
         {
-            tracing::debug!(from = %self.inner.members[failed].url, to = %self.inner.members[next].url, "failing over");
+            tracing::debug!(from = %members[failed].url, to = %members[next].url, "failing over");
         }
     }
 
     /// Moves on from the member at `url` if it is the current one.
     pub(crate) fn fail_over_from(&self, url: &str) {
-        if let Some(i) = self.inner.members.iter().position(|m| m.url == url) {
+        if let Some(i) = self.members().iter().position(|m| m.url == url) {
             self.fail_over(i);
         }
     }
@@ -220,12 +277,12 @@ impl Client {
 impl Client {
     pub(crate) fn pinned_client(&self, endpoint: &str) -> Result<Client> {
         let url = endpoint.trim();
-        let channel = match self.inner.members.iter().find(|m| m.url == url) {
+        let channel = match self.members().iter().find(|m| m.url == url) {
             Some(m) => m.channel.clone(),
             None => self::endpoint(url, &self.inner.opts)?.connect_lazy(),
         };
         let members = vec![MemberChannel { url: url.to_string(), channel }];
-        Ok(Client { inner: Arc::new(Inner { members, current: AtomicUsize::new(0), opts: self.inner.opts.clone() }) })
+        Ok(Client::from_members(members, 0, self.inner.opts.clone()))
     }
 }
 

@@ -21,7 +21,7 @@ use tonic::{Code, Status};
 /// }
 /// assert!(!retry_later(&Error::OutcomeUnknown { reason: "leader changed".into() }));
 /// ```
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A key the operation needs does not exist (typed API: `update` of a
@@ -148,6 +148,22 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+}
+
+impl Error {
+    /// True for failures that changed nothing and may go away by themselves
+    /// ([`Error::Unavailable`], [`Error::Timeout`]): retrying later is safe.
+    /// False for [`Error::OutcomeUnknown`] (the write may be applied) and for
+    /// everything retrying unchanged would repeat.
+    ///
+    /// ```
+    /// use cairn_client::Error;
+    /// assert!(Error::Unavailable { reason: "no leader".into() }.is_transient());
+    /// assert!(!Error::OutcomeUnknown { reason: "leader changed".into() }.is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. } | Error::Timeout { .. })
+    }
 }
 
 fn fmt_compact(rev: Option<i64>) -> String {

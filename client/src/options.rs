@@ -30,6 +30,13 @@ pub const WATCH_REQUESTS_PENDING_MAX: usize = 16;
 pub const WATCH_EVENTS_PENDING_MAX: usize = 1_024;
 /// Events of one fragmented watch response are reassembled up to this many.
 pub const WATCH_FRAGMENT_EVENTS_MAX: usize = 1_000_000;
+/// Default time a typed watch may go without any message from its member before
+/// it asks for a progress notification to check that the member still serves it.
+pub const WATCH_IDLE_PROBE_MS_DEFAULT: u64 = 10_000;
+/// Default time a typed watch waits for the answer to such a probe before it
+/// gives up on the member (frozen, or cut off from its cluster) and resumes on
+/// another one.
+pub const WATCH_PROBE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// Default number of compare-and-swap rounds of [`crate::Keyspace::update`].
 pub const CAS_ATTEMPTS_MAX_DEFAULT: u32 = 64;
 /// Page size of the listings a [`crate::Mirror`] and [`crate::Keyspace::list`] make.
@@ -55,6 +62,8 @@ pub struct ClientOptions {
     pub(crate) keep_alive_while_idle: bool,
     pub(crate) request_attempts_max: u32,
     pub(crate) response_bytes_max: usize,
+    pub(crate) watch_idle_probe: Duration,
+    pub(crate) watch_probe_timeout: Duration,
     pub(crate) tls: Option<TlsOptions>,
 }
 
@@ -68,6 +77,8 @@ impl Default for ClientOptions {
             keep_alive_while_idle: false,
             request_attempts_max: REQUEST_ATTEMPTS_MAX_DEFAULT,
             response_bytes_max: RESPONSE_BYTES_MAX_DEFAULT,
+            watch_idle_probe: Duration::from_millis(WATCH_IDLE_PROBE_MS_DEFAULT),
+            watch_probe_timeout: Duration::from_millis(WATCH_PROBE_TIMEOUT_MS_DEFAULT),
             tls: None,
         }
     }
@@ -125,6 +136,18 @@ impl ClientOptions {
     /// [`RESPONSE_BYTES_MAX_DEFAULT`]).
     pub fn response_bytes_max(mut self, n: usize) -> Self {
         self.response_bytes_max = n;
+        self
+    }
+
+    /// Liveness probing of typed watches (and mirrors): after `idle` without any
+    /// message, ask the member for a progress notification; if none comes
+    /// within `timeout`, resume the watch on another member. This catches a
+    /// member that keeps its connection open but no longer serves (cut off from
+    /// its cluster), which HTTP/2 keep-alive cannot see. Defaults:
+    /// [`WATCH_IDLE_PROBE_MS_DEFAULT`], [`WATCH_PROBE_TIMEOUT_MS_DEFAULT`].
+    pub fn watch_probe(mut self, idle: Duration, timeout: Duration) -> Self {
+        self.watch_idle_probe = idle;
+        self.watch_probe_timeout = timeout;
         self
     }
 

@@ -6,6 +6,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use tokio::time::Instant;
+
 use futures::Stream;
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::StreamExt;
@@ -93,7 +95,10 @@ impl Drop for AbortOnDrop {
 /// It survives member failures and leader changes: after a broken stream it
 /// reconnects (to another member if needed) and resumes from the revision after
 /// the last one it delivered, skipping anything already delivered, so the
-/// sequence has no gap and no duplicate. If the history it needs has been
+/// sequence has no gap and no duplicate. A member that keeps the connection
+/// open but stops answering (frozen, or cut off from its cluster) is detected
+/// by a progress probe after an idle period and left the same way (see
+/// [`crate::ClientOptions::watch_probe`]). If the history it needs has been
 /// compacted, it yields [`Error::Compacted`] with the compact revision and
 /// ends; list the keyspace again and watch from the listing's revision + 1 (or
 /// use a [`crate::Mirror`], which does that for you). A value the codec cannot
@@ -244,7 +249,8 @@ async fn run<T: Value, C: Codec>(
         if tx.is_closed() {
             return;
         }
-        let mut req = ks.client().watch(ks.prefix().as_bytes().to_vec()).prefix().prev_kv().progress_notify();
+        let mut req =
+            ks.client().watch(ks.prefix().as_bytes().to_vec()).prefix().prev_kv().progress_notify().fragment();
         if let Some(n) = next {
             req = req.start_revision(n);
         }
@@ -262,17 +268,41 @@ async fn run<T: Value, C: Codec>(
             }
         };
         let mut from = *next.get_or_insert(stream.created_revision() + 1);
+        let (idle, probe_timeout) = (ks.client().options().watch_idle_probe, ks.client().options().watch_probe_timeout);
+        let mut last_heard = Instant::now();
+        let mut probe_sent: Option<Instant> = None;
         loop {
+            let check_at = match probe_sent {
+                None => last_heard + idle,
+                Some(sent) => sent + probe_timeout,
+            };
             let item = tokio::select! {
+                biased;
+                item = stream.next() => item,
+                _ = tx.closed() => return,
                 _ = progress.notified() => {
                     if stream.request_progress().await.is_err() {
                         break;
                     }
                     continue;
                 }
-                _ = tx.closed() => return,
-                item = stream.next() => item,
+                _ = tokio::time::sleep_until(check_at) => {
+                    if probe_sent.is_none() {
+                        probe_sent = Some(Instant::now());
+                        if stream.request_progress().await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    tracing::debug!(endpoint = stream.endpoint(), "typed watch: member does not answer; resuming at {from} elsewhere");
+                    ks.client().fail_over_from(stream.endpoint());
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures)).await;
+                    break;
+                }
             };
+            last_heard = Instant::now();
+            probe_sent = None;
             let batch = match item {
                 None => break,
                 Some(Err(e)) if resumable(&e) => {

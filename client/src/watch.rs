@@ -307,7 +307,7 @@ async fn open_on(
         responses,
         fragments: Vec::new(),
         done: false,
-        endpoint: client.url_of(i).to_string(),
+        endpoint: client.url_of(i),
     })
 }
 
@@ -339,11 +339,16 @@ impl WatchStream {
     }
 
     /// Asks for a progress notification: a batch without events whose revision
-    /// is at or after every write acknowledged before this call.
+    /// is at or after every write acknowledged before this call. Never waits: if
+    /// the queue of requests towards the server is full, the progress requests
+    /// already in it answer this one too.
     pub async fn request_progress(&self) -> Result<()> {
         let req =
             WatchRequest { request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})) };
-        self.requests.send(req).await.map_err(|_| Error::Stopped("the watch stream has ended".into()))
+        match self.requests.try_send(req) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Stopped("the watch stream has ended".into())),
+        }
     }
 
     /// Cancels the watch on the server (dropping the stream does too).

@@ -4,8 +4,8 @@
 
 mod common;
 
-use cairn_client::{AlarmKind, Error, Result};
-use common::{ok, within, Cluster};
+use cairn_client::{AlarmKind, Client, Error, Result};
+use common::{ok, test_options, within, Cluster};
 use futures::StreamExt;
 
 /// Either the call works (then `check` runs on its answer) or the server says
@@ -20,7 +20,7 @@ fn works_or_unsupported<T: std::fmt::Debug>(what: &str, r: Result<T>, check: imp
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_and_maintenance_calls_against_real_etcd() {
-    let cluster = Cluster::start_etcd(3).await;
+    let mut cluster = Cluster::start_etcd(3).await;
     let c = cluster.client().await;
 
     let list = ok("member list", c.member_list(false)).await;
@@ -77,6 +77,16 @@ async fn member_and_maintenance_calls_against_real_etcd() {
         last_remaining = chunk.remaining_bytes;
     }
     assert!(bytes > 0 && last_remaining == 0, "{bytes} bytes, last remaining {last_remaining}");
+
+    // A client given one endpoint learns the others and fails over to them.
+    let one = ok("connect one", Client::connect([cluster.endpoint(0)], test_options())).await;
+    let mut synced = ok("sync endpoints", one.sync_endpoints()).await;
+    synced.sort();
+    let mut all = cluster.endpoints();
+    all.sort();
+    assert_eq!(synced, all);
+    cluster.kill(0);
+    ok("read after the only configured member died", one.get("admin/k").send()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +98,9 @@ async fn member_and_maintenance_calls_against_cairn_work_or_report_unsupported()
     works_or_unsupported("member list", within("member list", c.member_list(true)).await, |l| {
         assert_eq!(l.members.len(), 3)
     });
+    works_or_unsupported("sync endpoints", within("sync", c.sync_endpoints()).await, |eps| assert_eq!(eps.len(), 3));
     works_or_unsupported("alarm list", within("alarms", c.alarm_list()).await, |a| assert!(a.is_empty()));
-    works_or_unsupported("hash kv", within("hash kv", c.hash_kv(0)).await, |h| assert!(h.hash_revision > 0));
+    works_or_unsupported("hash kv", within("hash kv", c.hash_kv(0)).await, |h| assert!(h.header.revision > 0));
     works_or_unsupported("defragment", within("defragment", c.defragment()).await, |_| {});
     let snapshot = within("snapshot", async {
         let mut s = Box::pin(c.snapshot().await?);

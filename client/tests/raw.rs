@@ -128,6 +128,25 @@ async fn raw_kv_txn_watch_lease_and_error_mapping() {
         other => panic!("expected InvalidArgument, got {other:?}"),
     }
 
+    // One revision larger than the server's message limit (a delete of 30
+    // values of 100 KiB, with prev_kv) arrives fragmented and is reassembled
+    // into one whole batch.
+    let big = vec![b'x'; 100 * 1024];
+    for i in 0..30 {
+        ok("put big", c.put(format!("frag/{i:02}"), big.clone()).send()).await;
+    }
+    let del = ok("delete big", c.delete("frag/").prefix().send()).await;
+    assert_eq!(del.deleted, 30);
+    let mut w =
+        ok("watch big", c.watch("frag/").prefix().prev_kv().fragment().start_revision(del.header.revision).send())
+            .await;
+    let batch = within("big batch", w.next()).await.expect("open").expect("no error");
+    assert_eq!(batch.events.len(), 30, "the revision arrives whole");
+    assert!(batch
+        .events
+        .iter()
+        .all(|e| e.kind == EventKind::Delete && e.prev_kv.as_ref().is_some_and(|p| p.value == big)));
+
     // Status of every member through pinned clients.
     let mut leaders = Vec::new();
     for ep in c.endpoints() {

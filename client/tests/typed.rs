@@ -397,3 +397,37 @@ async fn lock_is_exclusive_and_fences_the_previous_holder() {
     ok("fenced write 2", second.fence().put("locks/job-data", "2")).await;
     assert!(ok("held", second.is_held()).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_watch_moves_off_a_member_that_stops_answering() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let frozen = (leader + 1) % 3;
+    // Keep-alive effectively off: only the watch's own progress probe can
+    // notice that the member stopped answering.
+    let opts = test_options()
+        .keep_alive(Duration::from_secs(3600), Duration::from_secs(20))
+        .keep_alive_while_idle(false)
+        .watch_probe(Duration::from_millis(500), Duration::from_secs(1));
+    let eps: Vec<String> = (0..3).map(|k| cluster.endpoint((frozen + k) % 3)).collect();
+    let watcher = ok("connect", Client::connect(eps, opts)).await;
+    let writer: Keyspace<u64> = Keyspace::new(cluster.client_starting_at(leader).await, "p/");
+    let start = ok("put 0", writer.put("k", 0)).await.mod_revision;
+    let mut events = Keyspace::<u64>::new(watcher, "p/").watch(Some(start));
+    match ok("first event", async { events.next().await.expect("open") }).await {
+        TypedEvent::Put { item, .. } => assert_eq!(item.value, 0),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    cluster.pause(frozen);
+    for i in 1..=5u64 {
+        ok("put", writer.put("k", i)).await;
+    }
+    for i in 1..=5u64 {
+        match ok("event after the freeze", async { events.next().await.expect("open") }).await {
+            TypedEvent::Put { item, .. } => assert_eq!(item.value, i, "no gap, no duplicate"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    cluster.resume(frozen);
+}
