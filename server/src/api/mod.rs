@@ -3,6 +3,7 @@
 
 mod convert;
 mod error;
+mod http;
 mod kv;
 mod lease;
 mod maintenance;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use cairn_proto::etcdserverpb::ResponseHeader;
 
 pub use error::{mvcc_status, raft_status};
+pub use http::{serve_metrics, ObserveLayer, Observer};
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::MaintenanceService;

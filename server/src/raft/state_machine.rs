@@ -110,6 +110,7 @@ fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _timer = crate::observability::metrics().snapshot.build_seconds.start_timer();
         let this = self.clone();
         let build = tokio::task::spawn_blocking(move || -> io::Result<Snapshot<TypeConfig>> {
             let mut data = Vec::new();
@@ -124,6 +125,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
             this.save_snapshot(&meta, &data)?;
             tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
+            crate::observability::metrics().snapshot.build_bytes.observe(data.len() as f64);
             Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
         });
         let snapshot = build
@@ -152,6 +154,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut outcomes = Vec::new();
         for entry in entries {
+            let _apply = crate::observability::ApplyTimer::start(entry.log_id.index, entry.log_id.leader_id.term);
             outcomes.push(self.apply_entry(&entry).map_err(sm_write_err)?);
         }
         Ok(outcomes)
@@ -170,6 +173,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<NodeId, Member>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
+        let _timer = crate::observability::metrics().snapshot.install_seconds.start_timer();
+        crate::observability::metrics().snapshot.install_bytes.observe(snapshot.get_ref().len() as f64);
         let this = self.clone();
         let meta_owned = meta.clone();
         let install = tokio::task::spawn_blocking(move || -> io::Result<()> {
