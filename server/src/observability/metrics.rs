@@ -17,6 +17,7 @@ pub const ALARM_TYPES: [&str; 2] = ["NOSPACE", "CORRUPT"];
 /// The metrics, grouped as etcd groups them.
 pub struct Metrics {
     registry: Registry,
+    names: Vec<&'static str>,
     pub disk: Disk,
     pub mvcc: Mvcc,
     pub raft: RaftMetrics,
@@ -131,10 +132,16 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
+    /// The name of every metric family Cairn defines (process metrics aside).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
     fn new() -> Metrics {
-        let r = Registry::new();
+        let r = &mut Names { registry: Registry::new(), names: Vec::new() };
         #[cfg(target_os = "linux")]
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        r.registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registering process metrics");
         let latency = || exponential_buckets(0.001, 2.0, 14).expect("valid buckets");
         let sizes = || exponential_buckets(64.0, 4.0, 12).expect("valid buckets");
@@ -145,13 +152,13 @@ impl Metrics {
         let m = Metrics {
             disk: Disk {
                 wal_fsync_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_disk_wal_fsync_duration_seconds",
                     "Latency of the Raft log fsyncs (one per group commit).",
                     latency(),
                 ),
                 backend_commit_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_disk_backend_commit_duration_seconds",
                     "Latency of state-machine batch writes to RocksDB.",
                     latency(),
@@ -159,78 +166,74 @@ impl Metrics {
             },
             mvcc: Mvcc {
                 db_total_size_bytes: gauge(
-                    &r,
+                    r,
                     "cairn_mvcc_db_total_size_in_bytes",
                     "Bytes the member database takes on disk.",
                 ),
                 db_in_use_bytes: gauge(
-                    &r,
+                    r,
                     "cairn_mvcc_db_total_size_in_use_in_bytes",
                     "Bytes of live data in the member database (RocksDB's estimate).",
                 ),
-                keys_total: gauge(&r, "cairn_debugging_mvcc_keys_total", "Live keys (RocksDB's estimate)."),
-                current_revision: gauge(&r, "cairn_mvcc_current_revision", "Revision of the key space."),
-                compact_revision: gauge(
-                    &r,
-                    "cairn_mvcc_compact_revision",
-                    "Revision up to which history is compacted.",
-                ),
+                keys_total: gauge(r, "cairn_debugging_mvcc_keys_total", "Live keys (RocksDB's estimate)."),
+                current_revision: gauge(r, "cairn_mvcc_current_revision", "Revision of the key space."),
+                compact_revision: gauge(r, "cairn_mvcc_compact_revision", "Revision up to which history is compacted."),
             },
             raft: RaftMetrics {
-                has_leader: gauge(&r, "cairn_server_has_leader", "1 if the member knows a leader, else 0."),
-                is_leader: gauge(&r, "cairn_server_is_leader", "1 if the member is the leader, else 0."),
-                is_learner: gauge(&r, "cairn_server_is_learner", "1 if the member is a learner, else 0."),
+                has_leader: gauge(r, "cairn_server_has_leader", "1 if the member knows a leader, else 0."),
+                is_leader: gauge(r, "cairn_server_is_leader", "1 if the member is the leader, else 0."),
+                is_learner: gauge(r, "cairn_server_is_learner", "1 if the member is a learner, else 0."),
                 leader_changes_seen_total: counter(
-                    &r,
+                    r,
                     "cairn_server_leader_changes_seen_total",
                     "Leader changes this member has seen since it started.",
                 ),
-                term: gauge(&r, "cairn_server_term", "Current Raft term."),
-                last_log_index: gauge(&r, "cairn_server_last_log_index", "Index of the last entry in the Raft log."),
+                term: gauge(r, "cairn_server_term", "Current Raft term."),
+                last_log_index: gauge(r, "cairn_server_last_log_index", "Index of the last entry in the Raft log."),
                 proposals_committed_total: gauge(
-                    &r,
+                    r,
                     "cairn_server_proposals_committed_total",
                     "Raft commit index (the number of committed entries).",
                 ),
                 proposals_applied_total: gauge(
-                    &r,
+                    r,
                     "cairn_server_proposals_applied_total",
                     "Raft applied index (the number of applied entries).",
                 ),
                 proposals_pending: gauge(
-                    &r,
+                    r,
                     "cairn_server_proposals_pending",
                     "Client writes received by this member and not answered yet.",
                 ),
                 proposals_failed_total: counter(
-                    &r,
+                    r,
                     "cairn_server_proposals_failed_total",
                     "Client writes that failed in Raft (no leader, timeout, leader change).",
                 ),
                 peer_replication_lag_entries: gauge_vec(
-                    &r,
+                    r,
                     "cairn_server_peer_replication_lag_entries",
                     "On the leader: log entries a peer has not acknowledged yet.",
                     &[PEER_LABEL],
                 ),
                 apply_duration_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_server_apply_duration_seconds",
                     "Time to apply one committed entry to the state machine.",
                     latency(),
                 ),
                 slow_apply_total: counter(
-                    &r,
+                    r,
                     "cairn_server_slow_apply_total",
                     "Entries whose apply took longer than --warning-apply-duration.",
                 ),
                 slow_request_total: counter(
-                    &r,
+                    r,
                     "cairn_server_slow_requests_total",
                     "Unary requests that took longer than --warning-unary-request-duration.",
                 ),
                 alarms: gauge_vec(
-                    &r,
+                    r,
                     "cairn_server_alarms",
                     "Active alarms by type (1 active, 0 not).",
                     &["alarm_type"],
@@ -238,77 +241,72 @@ impl Metrics {
             },
             snapshot: SnapshotMetrics {
                 build_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_snap_build_duration_seconds",
                     "Time to build a Raft snapshot.",
                     slow(),
                 ),
-                build_bytes: histogram(&r, "cairn_snap_build_bytes", "Size of built Raft snapshots.", sizes()),
+                build_bytes: histogram(r, "cairn_snap_build_bytes", "Size of built Raft snapshots.", sizes()),
                 send_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_snap_send_duration_seconds",
                     "Time of one snapshot transfer call to a peer.",
                     slow(),
                 ),
-                send_bytes_total: counter(&r, "cairn_snap_sent_bytes_total", "Snapshot bytes sent to peers."),
+                send_bytes_total: counter(r, "cairn_snap_sent_bytes_total", "Snapshot bytes sent to peers."),
                 install_seconds: histogram(
-                    &r,
+                    r,
                     "cairn_snap_install_duration_seconds",
                     "Time to install a snapshot received from the leader.",
                     slow(),
                 ),
-                install_bytes: histogram(&r, "cairn_snap_install_bytes", "Size of installed snapshots.", sizes()),
+                install_bytes: histogram(r, "cairn_snap_install_bytes", "Size of installed snapshots.", sizes()),
             },
             network: Network {
                 peer_sent_failures_total: counter_vec(
-                    &r,
+                    r,
                     "cairn_network_peer_sent_failures_total",
                     "Calls to a peer that failed (refused, unreachable or timed out).",
                     &[PEER_LABEL],
                 ),
                 peer_round_trip_time_seconds: histogram_vec(
-                    &r,
+                    r,
                     "cairn_network_peer_round_trip_time_seconds",
                     "Round-trip time of heartbeats to a peer.",
                     &[PEER_LABEL],
                     rtt(),
                 ),
                 forwarded_total: counter_vec(
-                    &r,
+                    r,
                     "cairn_server_forwarded_requests_total",
                     "Requests sent to the leader instead of served here, by kind (Forward, Lease, ReadIndex).",
                     &["type"],
                 ),
             },
             grpc: Grpc {
-                started_total: counter_vec(
-                    &r,
-                    "grpc_server_started_total",
-                    "RPCs started on the server.",
-                    &grpc_labels,
-                ),
+                started_total: counter_vec(r, "grpc_server_started_total", "RPCs started on the server.", &grpc_labels),
                 handled_total: counter_vec(
-                    &r,
+                    r,
                     "grpc_server_handled_total",
                     "RPCs completed on the server, by status code.",
                     &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
                 ),
                 handling_seconds: histogram_vec(
-                    &r,
+                    r,
                     "grpc_server_handling_seconds",
                     "Time from receiving an RPC to its last response byte (the whole stream for streams).",
                     &grpc_labels,
                     prometheus::DEFAULT_BUCKETS.to_vec(),
                 ),
                 request_bytes: histogram_vec(
-                    &r,
+                    r,
                     "cairn_grpc_server_request_bytes",
                     "Bytes received per RPC (the whole stream for streams).",
                     &grpc_method,
                     sizes(),
                 ),
                 response_bytes: histogram_vec(
-                    &r,
+                    r,
                     "cairn_grpc_server_response_bytes",
                     "Bytes sent per RPC (the whole stream for streams).",
                     &grpc_method,
@@ -316,40 +314,33 @@ impl Metrics {
                 ),
             },
             watch: WatchMetrics {
-                streams: gauge(&r, "cairn_debugging_mvcc_watch_stream_total", "Open watch streams."),
-                watchers: gauge(&r, "cairn_debugging_mvcc_watcher_total", "Watchers."),
+                streams: gauge(r, "cairn_debugging_mvcc_watch_stream_total", "Open watch streams."),
+                watchers: gauge(r, "cairn_debugging_mvcc_watcher_total", "Watchers."),
                 slow_watchers: gauge(
-                    &r,
+                    r,
                     "cairn_debugging_mvcc_slow_watcher_total",
                     "Watchers behind the head, catching up from history.",
                 ),
-                events_sent_total: counter(&r, "cairn_debugging_mvcc_events_total", "Events sent to watchers."),
+                events_sent_total: counter(r, "cairn_debugging_mvcc_events_total", "Events sent to watchers."),
                 pending_messages: gauge(
-                    &r,
+                    r,
                     "cairn_debugging_mvcc_pending_events_total",
                     "Watch messages queued for clients that have not taken them yet.",
                 ),
             },
             lease: LeaseMetrics {
-                active: gauge(&r, "cairn_lease_active", "Granted leases not yet revoked or expired."),
-                granted_total: counter(
-                    &r,
-                    "cairn_debugging_lease_granted_total",
-                    "Leases granted through this member.",
-                ),
-                revoked_total: counter(
-                    &r,
-                    "cairn_debugging_lease_revoked_total",
-                    "Leases revoked through this member.",
-                ),
-                expired_total: counter(&r, "cairn_lease_expired_total", "Leases this member expired as the leader."),
+                active: gauge(r, "cairn_lease_active", "Granted leases not yet revoked or expired."),
+                granted_total: counter(r, "cairn_debugging_lease_granted_total", "Leases granted through this member."),
+                revoked_total: counter(r, "cairn_debugging_lease_revoked_total", "Leases revoked through this member."),
+                expired_total: counter(r, "cairn_lease_expired_total", "Leases this member expired as the leader."),
                 renewed_total: counter(
-                    &r,
+                    r,
                     "cairn_debugging_lease_renewed_total",
                     "Keep-alives received by this member.",
                 ),
             },
-            registry: r,
+            registry: r.registry.clone(),
+            names: std::mem::take(&mut r.names),
         };
         for alarm in ALARM_TYPES {
             m.raft.alarms.with_label_values(&[alarm]).set(0);
@@ -358,40 +349,42 @@ impl Metrics {
     }
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+/// The registry, and the names registered in it.
+struct Names {
+    registry: Registry,
+    names: Vec<&'static str>,
 }
 
-fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+impl Names {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&mut self, name: &'static str, c: C) -> C {
+        self.registry.register(Box::new(c.clone())).expect("unique metric");
+        self.names.push(name);
+        c
+    }
 }
 
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+fn gauge(r: &mut Names, name: &'static str, help: &str) -> IntGauge {
+    r.add(name, IntGauge::new(name, help).expect("valid metric"))
 }
 
-fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+fn gauge_vec(r: &mut Names, name: &'static str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    r.add(name, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
-fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
+fn counter(r: &mut Names, name: &'static str, help: &str) -> IntCounter {
+    r.add(name, IntCounter::new(name, help).expect("valid metric"))
 }
 
-fn histogram_vec(r: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-    r.register(Box::new(h.clone())).expect("unique metric");
-    h
+fn counter_vec(r: &mut Names, name: &'static str, help: &str, labels: &[&str]) -> IntCounterVec {
+    r.add(name, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+fn histogram(r: &mut Names, name: &'static str, help: &str, buckets: Vec<f64>) -> Histogram {
+    r.add(name, Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric"))
+}
+
+fn histogram_vec(r: &mut Names, name: &'static str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    r.add(name, HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric"))
 }
 
 #[cfg(test)]

@@ -31,6 +31,13 @@ pub fn committed(index: Option<u64>) {
     metrics().raft.proposals_committed_total.set(index.unwrap_or(0) as i64);
 }
 
+/// Records whether an alarm of `alarm_type` (etcd's names: `NOSPACE`, `CORRUPT`) is
+/// active on the cluster; the alarm store calls this whenever an alarm is raised
+/// or disarmed.
+pub fn set_alarm(alarm_type: &str, active: bool) {
+    metrics().raft.alarms.with_label_values(&[alarm_type]).set(active as i64);
+}
+
 /// Counts a client write from start to finish: pending while it runs, failed if it
 /// ends in an error or is abandoned (timed out).
 pub async fn proposal<T, E, F: Future<Output = Result<T, E>>>(write: F) -> Result<T, E> {
