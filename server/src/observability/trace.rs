@@ -176,4 +176,25 @@ mod tests {
         });
         assert_eq!(inside.await, 1);
     }
+
+    #[tokio::test]
+    async fn slow_requests_and_applies_are_counted_and_applied_entries_join_the_trace() {
+        configure(TraceSettings { apply_warn: Duration::from_millis(1), request_warn: Duration::from_millis(1) });
+        let m = metrics();
+        let (applies, requests) = (m.raft.slow_apply_total.get(), m.raft.slow_request_total.get());
+        let index = u64::MAX - 7;
+        let names = traced("/test/Slow", async {
+            step("proposed");
+            {
+                let _apply = ApplyTimer::start(index, 3);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            entry_applied(index, ());
+            TRACE.with(|t| t.borrow().iter().map(|s| s.0).collect::<Vec<_>>())
+        })
+        .await;
+        assert_eq!(names, ["proposed", "committed", "applied"]);
+        assert!(m.raft.slow_apply_total.get() > applies, "the 5 ms apply counts as slow");
+        assert!(m.raft.slow_request_total.get() > requests, "the request counts as slow");
+    }
 }
