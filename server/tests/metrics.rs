@@ -126,6 +126,7 @@ async fn a_write_burst_moves_disk_and_raft_counters_on_every_member() {
             assert!(grew(&after, puts, writes), "Put calls counted on {ep}");
         }
         assert_eq!(value(&after, "cairn_server_has_leader"), 1.0, "{ep} has a leader");
+        assert_eq!(value(&after, "cairn_cluster_members{role=\"voter\"}"), 3.0, "{ep} voters");
         assert_eq!(value(&after, "cairn_server_is_leader"), (i == leader) as u8 as f64, "{ep} is_leader");
         assert!(value(&after, "cairn_server_leader_changes_seen_total") >= 1.0, "{ep} saw the election");
         assert!(value(&after, "cairn_mvcc_current_revision") > writes, "{ep} revision");

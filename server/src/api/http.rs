@@ -56,6 +56,9 @@ impl Observer {
         m.raft.is_leader.set((raft.state == ServerState::Leader) as i64);
         m.raft.is_learner.set((raft.state == ServerState::Learner) as i64);
         m.raft.term.set(raft.current_term as i64);
+        let membership = raft.membership_config.membership();
+        m.raft.members.with_label_values(&["voter"]).set(membership.voter_ids().count() as i64);
+        m.raft.members.with_label_values(&["learner"]).set(membership.learner_ids().count() as i64);
         let last = raft.last_log_index.unwrap_or(0);
         m.raft.last_log_index.set(last as i64);
         m.raft.proposals_applied_total.set(raft.last_applied.map_or(0, |l| l.index) as i64);

@@ -50,6 +50,8 @@ pub struct RaftMetrics {
     pub has_leader: IntGauge,
     pub is_leader: IntGauge,
     pub is_learner: IntGauge,
+    /// Members in the current configuration, by role (`voter`, `learner`).
+    pub members: IntGaugeVec,
     pub leader_changes_seen_total: IntCounter,
     pub term: IntGauge,
     pub last_log_index: IntGauge,
@@ -183,6 +185,12 @@ impl Metrics {
                 has_leader: gauge(r, "cairn_server_has_leader", "1 if the member knows a leader, else 0."),
                 is_leader: gauge(r, "cairn_server_is_leader", "1 if the member is the leader, else 0."),
                 is_learner: gauge(r, "cairn_server_is_learner", "1 if the member is a learner, else 0."),
+                members: gauge_vec(
+                    r,
+                    "cairn_cluster_members",
+                    "Members in the current Raft configuration, by role.",
+                    &["role"],
+                ),
                 leader_changes_seen_total: counter(
                     r,
                     "cairn_server_leader_changes_seen_total",
