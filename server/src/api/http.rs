@@ -86,11 +86,16 @@ impl Observer {
     }
 
     /// `Ok` if the member knows a leader and serves a linearizable read in time;
-    /// otherwise why not, in etcd's words where etcd has them.
-    pub async fn health(&self) -> Result<(), String> {
+    /// otherwise why not, in etcd's words where etcd has them. With `serializable`
+    /// (etcd's `?serializable=true`), a local read suffices.
+    pub async fn health(&self, serializable: bool) -> Result<(), String> {
         let node = &self.api.node;
         if node.leader().is_none() {
             return Err("RAFT NO LEADER".into());
+        }
+        if serializable {
+            let _ = self.api.store.read_view().revision;
+            return Ok(());
         }
         let timeout = Duration::from_millis(HEALTH_READ_TIMEOUT_MS);
         match tokio::time::timeout(timeout, node.linearizable_barrier()).await {
@@ -100,11 +105,12 @@ impl Observer {
         }
     }
 
-    async fn respond(&self, path: &str) -> Response<Body> {
+    async fn respond(&self, path: &str, query: &str) -> Response<Body> {
+        let serializable = query.split('&').any(|p| p == "serializable=true");
         match path {
             PATH_METRICS => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics_text()),
             PATH_HEALTH => {
-                let (status, body) = match self.health().await {
+                let (status, body) = match self.health(serializable).await {
                     Ok(()) => (StatusCode::OK, serde_json::json!({"health": "true"})),
                     Err(reason) => {
                         tracing::warn!(reason = %reason, "/health error");
@@ -118,7 +124,7 @@ impl Observer {
                 let _ = self.api.store.read_view().revision;
                 text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into())
             }
-            PATH_READYZ => match self.health().await {
+            PATH_READYZ => match self.health(false).await {
                 Ok(()) => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
                 Err(reason) => text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -237,8 +243,8 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         if let Some(observer) = self.layer.observer.as_ref().filter(|_| is_endpoint(&req)) {
             let observer = observer.clone();
-            let path = req.uri().path().to_string();
-            return Box::pin(async move { Ok(observer.respond(&path).await) });
+            let (path, query) = (req.uri().path().to_string(), req.uri().query().unwrap_or("").to_string());
+            return Box::pin(async move { Ok(observer.respond(&path, &query).await) });
         }
         let path = req.uri().path().to_string();
         match self.layer.role {
