@@ -102,18 +102,30 @@ async fn a_write_burst_moves_disk_and_raft_counters_on_every_member() {
     for ep in cluster.endpoints() {
         before.push(scrape(&ep).await);
     }
+    let watched = (leader + 1) % cluster.size();
+    let mut watch_client = cluster.client(watched).await;
+    let (_watcher, mut events) =
+        ok("watch", watch_client.watch("m/", Some(etcd_client::WatchOptions::new().with_prefix()))).await;
     let mut client = cluster.client(leader).await;
+    ok("lease grant", client.lease_grant(60, None)).await;
     for i in 0..WRITES {
         ok("put", client.put(format!("m/{i}"), "v", None)).await;
     }
+    let mut seen = 0;
+    while seen < WRITES {
+        let response = ok("watch events", events.message()).await.expect("the watch stream stays open");
+        seen += response.events().len() as u64;
+    }
     let writes = WRITES as f64;
+    // The lease grant is one more entry.
+    let entries = writes + 1.0;
     for (i, ep) in cluster.endpoints().iter().enumerate() {
         let b = &before[i];
         let grew = |s: &Samples, name: &str, by: f64| value(s, name) - value(b, name) >= by;
         let after = eventually(ep, "counters moved by the writes", |s| {
-            grew(s, "cairn_server_proposals_applied_total", writes)
-                && grew(s, "cairn_server_proposals_committed_total", writes)
-                && grew(s, "cairn_disk_backend_commit_duration_seconds_count", writes)
+            grew(s, "cairn_server_proposals_applied_total", entries)
+                && grew(s, "cairn_server_proposals_committed_total", entries)
+                && grew(s, "cairn_disk_backend_commit_duration_seconds_count", entries)
                 && grew(s, "cairn_disk_wal_fsync_duration_seconds_count", 1.0)
         })
         .await;
@@ -131,6 +143,12 @@ async fn a_write_burst_moves_disk_and_raft_counters_on_every_member() {
         assert!(value(&after, "cairn_server_leader_changes_seen_total") >= 1.0, "{ep} saw the election");
         assert!(value(&after, "cairn_mvcc_current_revision") > writes, "{ep} revision");
         assert!(value(&after, "process_resident_memory_bytes") > 0.0, "{ep} process metrics");
+        assert_eq!(value(&after, "cairn_lease_active"), 1.0, "{ep} leases");
+        if i == watched {
+            assert_eq!(value(&after, "cairn_debugging_mvcc_watch_stream_total"), 1.0, "{ep} watch streams");
+            assert_eq!(value(&after, "cairn_debugging_mvcc_watcher_total"), 1.0, "{ep} watchers");
+            assert!(value(&after, "cairn_debugging_mvcc_events_total") >= writes, "{ep} watch events sent");
+        }
     }
 }
 
