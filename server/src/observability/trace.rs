@@ -1,6 +1,6 @@
 //! Slow-request traces, as etcd's "apply request took too long": each client request
 //! collects the instants of its steps (received, forwarded, proposed, committed,
-//! applied, responded) and, if it took longer than the threshold, logs them on one
+//! applied, responded; `read_index` for linearizable reads) and, if it took longer than the threshold, logs them on one
 //! line. Applying an entry for longer than its own threshold logs a line too.
 //!
 //! A request's steps are kept in a task-local, so the code on its path records a step

@@ -301,6 +301,7 @@ impl RaftNode {
                 timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
             }
         };
+        crate::observability::step("read_index");
         let mut rx = self.raft.metrics();
         let applied = async { rx.wait_for(|m| m.last_applied.map_or(0, |l| l.index) >= index).await.map(|_| ()) };
         let result = match tokio::time::timeout_at(deadline, applied).await {
