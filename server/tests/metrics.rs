@@ -1,7 +1,8 @@
 //! The operator endpoints of real 3-member clusters: `/metrics` counters move with
 //! writes on every member, leadership gauges agree, a paused follower shows as
-//! lagging with failing sends on the leader, and `/health` tells a member that can
-//! serve linearizable reads from one that cannot.
+//! lagging with failing sends on the leader (and then catching up from a snapshot),
+//! and `/health` tells a member that can serve linearizable reads from one that
+//! cannot.
 //!
 //! ```text
 //! cargo test -p cairn-server --test metrics
@@ -158,7 +159,9 @@ async fn a_paused_follower_lags_on_the_leader_and_an_isolated_member_is_unhealth
         eprintln!("skipped: Cairn's metric names");
         return;
     }
-    let cluster = Cluster::start(3).await;
+    // Frequent snapshots and a short log behind them: the paused follower, once
+    // resumed, catches up from a snapshot.
+    let cluster = Cluster::start_with(3, &["--snapshot-count", "20", "--snapshot-catchup-entries", "5"]).await;
     let leader = cluster.wait_for_leader().await;
     let followers = cluster.followers().await;
     let (paused, other) = (followers[0], followers[1]);
@@ -182,7 +185,18 @@ async fn a_paused_follower_lags_on_the_leader_and_an_isolated_member_is_unhealth
         assert_eq!(answer, Some((200, "{\"health\":\"true\"}".to_string())), "member {i} with a quorum");
     }
 
-    // With the leader paused too, the remaining member is a minority of one.
+    cluster.resume(paused);
+    let paused_ep = cluster.endpoint(paused);
+    eventually(&paused_ep, "the resumed follower installed a snapshot", |s| {
+        value(s, "cairn_snap_install_duration_seconds_count") >= 1.0 && value(s, "cairn_snap_install_bytes_sum") > 0.0
+    })
+    .await;
+    let on_leader = scrape(&leader_ep).await;
+    assert!(value(&on_leader, "cairn_snap_build_duration_seconds_count") >= 1.0, "the leader built a snapshot");
+    assert!(value(&on_leader, "cairn_snap_sent_bytes_total") > 0.0, "the leader sent a snapshot");
+
+    // With the leader and that follower paused, the remaining member is a minority of one.
+    cluster.pause(paused);
     cluster.pause(leader);
     let isolated = cluster.endpoint(other);
     let deadline = Instant::now() + SETTLE_TIMEOUT;
