@@ -218,6 +218,7 @@ impl<S> Layer<S> for ObserveLayer {
     }
 }
 
+/// The service [`ObserveLayer`] wraps around the gRPC routes.
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,

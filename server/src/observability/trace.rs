@@ -110,6 +110,7 @@ pub struct ApplyTimer {
 }
 
 impl ApplyTimer {
+    /// Starts timing the apply of the entry at `index`, of leader term `term`.
     pub fn start(index: u64, term: u64) -> ApplyTimer {
         ApplyTimer { index, term, start: Instant::now() }
     }
