@@ -34,17 +34,21 @@ const PATH_READYZ: &str = "/readyz";
 pub struct Observer {
     api: Arc<Api>,
     hub: Arc<WatchHub>,
+    /// One scrape at a time: a refresh clears the per-peer gauges before setting
+    /// them, which a concurrent scrape must not see.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Observer {
     /// Starts counting leader changes and returns the endpoints' state.
     pub fn start(api: Arc<Api>, hub: Arc<WatchHub>) -> Arc<Self> {
         tokio::spawn(count_leader_changes(api.node.raft.clone()));
-        Arc::new(Observer { api, hub })
+        Arc::new(Observer { api, hub, scrape: std::sync::Mutex::new(()) })
     }
 
     /// Sets the gauges that are read rather than counted, then encodes every metric.
     pub fn metrics_text(&self) -> String {
+        let _one = self.scrape.lock().expect("scrape lock");
         self.refresh();
         metrics().encode()
     }
