@@ -13,6 +13,7 @@ use crate::limits::{
     CORRUPT_CHECK_INTERVAL_MS_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT,
     LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT, QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT,
     REQUEST_TIMEOUT_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
+    WARNING_APPLY_DURATION_MS_DEFAULT, WARNING_UNARY_REQUEST_DURATION_MS_DEFAULT,
     WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
 };
 use crate::raft::RaftSettings;
@@ -119,6 +120,13 @@ settings! {
     log_level: String = Some("info".into()), "CAIRN_LOG_LEVEL", "LEVEL";
     /// Log format: text or json [default: text]
     log_format: String = Some("text".into()), "CAIRN_LOG_FORMAT", "text|json";
+    /// Extra URLs to serve /metrics, /health, /livez and /readyz on, comma-separated
+    /// (the client URLs always serve them too) [default: none]
+    listen_metrics_urls: String = None, "CAIRN_LISTEN_METRICS_URLS", "URLS";
+    /// Applying one entry for longer than this logs it, in milliseconds [default: 100]
+    warning_apply_duration: u64 = Some(WARNING_APPLY_DURATION_MS_DEFAULT), "CAIRN_WARNING_APPLY_DURATION", "MS";
+    /// A client request taking longer than this logs its steps, in milliseconds [default: 1000]
+    warning_unary_request_duration: u64 = Some(WARNING_UNARY_REQUEST_DURATION_MS_DEFAULT), "CAIRN_WARNING_UNARY_REQUEST_DURATION", "MS";
 }
 
 /// Default cluster token, as etcd's `etcd-cluster`.
@@ -166,6 +174,11 @@ pub struct Config {
     pub quota_backend_bytes: u64,
     /// How often the leader compares members' hashes; `None` when off.
     pub corrupt_check_interval: Option<Duration>,
+    /// Where to serve the operator endpoints besides the client URLs.
+    pub listen_metrics_urls: Vec<String>,
+    /// Thresholds of slow-apply and slow-request logs.
+    pub warning_apply_duration: Duration,
+    pub warning_unary_request_duration: Duration,
 }
 
 impl Config {
@@ -300,6 +313,18 @@ impl Config {
                 0 => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            listen_metrics_urls: match m.listen_metrics_urls {
+                Some(s) => parse_urls("listen-metrics-urls", &s)?,
+                None => Vec::new(),
+            },
+            warning_apply_duration: Duration::from_millis(positive(
+                "warning-apply-duration",
+                m.warning_apply_duration.expect("defaulted"),
+            )?),
+            warning_unary_request_duration: Duration::from_millis(positive(
+                "warning-unary-request-duration",
+                m.warning_unary_request_duration.expect("defaulted"),
+            )?),
         })
     }
 }
@@ -429,6 +454,8 @@ mod tests {
             (vec!["--election-timeout", "200"], "election-timeout"),
             (vec!["--lease-checkpoint-interval", "0"], "lease-checkpoint-interval"),
             (vec!["--log-level", "loud"], "log-level"),
+            (vec!["--listen-metrics-urls", "localhost:2381"], "listen-metrics-urls"),
+            (vec!["--warning-apply-duration", "0"], "warning-apply-duration"),
         ] {
             let err = Config::from_flags(flags(&args)).unwrap_err();
             assert!(err.to_string().contains(setting), "{args:?}: {err}");

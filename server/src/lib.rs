@@ -7,6 +7,7 @@
 //! - [`raft`]: replication with openraft, the log store and peer network;
 //! - [`lease`]: lease expiry, decided by the leader and committed through Raft;
 //! - [`api`]: the etcd v3 gRPC services;
+//! - [`observability`]: metrics and slow-request traces, fed by every layer;
 //! - [`server`]: wires a member together from its [`config`].
 
 pub mod api;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod lease;
 pub mod limits;
 pub mod mvcc;
+pub mod observability;
 pub mod raft;
 pub mod restore;
 pub mod schema;

@@ -168,3 +168,17 @@ pub const LEASE_KEEPALIVE_RESPONSES_PENDING_MAX: usize = 16;
 
 /// Random IDs tried for a lease granted with ID 0 before giving up.
 pub const LEASE_ID_ATTEMPTS_MAX: usize = 8;
+
+/// Default for `--warning-apply-duration`: applying one entry for longer logs a
+/// slow-apply trace (etcd's default).
+pub const WARNING_APPLY_DURATION_MS_DEFAULT: u64 = 100;
+
+/// Default for `--warning-unary-request-duration`: a client request that takes
+/// longer logs its steps.
+pub const WARNING_UNARY_REQUEST_DURATION_MS_DEFAULT: u64 = 1_000;
+
+/// How long `/health` and `/readyz` wait for a linearizable read (ReadIndex).
+pub const HEALTH_READ_TIMEOUT_MS: u64 = 2_000;
+
+/// Apply timings kept so that a request trace can find when its entry was applied.
+pub const APPLY_TIMINGS_KEPT: usize = 4_096;

@@ -20,7 +20,13 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Every line carries the member's name: the span is entered on the main thread
+    // and, for good, on every runtime thread (an error-level span, so that no log
+    // level disables it).
+    let member = tracing::error_span!("cairn", member = %config.name);
+    let _main = member.clone().entered();
+    let on_thread = move || std::mem::forget(member.clone().entered());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().on_thread_start(on_thread).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cairn: cannot start the async runtime: {e}");

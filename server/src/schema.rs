@@ -109,6 +109,12 @@ pub fn disk_usage(db: &DB) -> (u64, u64) {
     })
 }
 
+/// RocksDB's estimate of the live keys (overwrites and deletes not yet compacted
+/// may count).
+pub fn live_keys_estimate(db: &DB) -> u64 {
+    db.property_int_value_cf(cf(db, CF_KV), "rocksdb.estimate-num-keys").ok().flatten().unwrap_or(0)
+}
+
 /// Handle of a column family that [`open_db`] always creates.
 pub fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
     db.cf_handle(name).unwrap_or_else(|| panic!("column family {name} missing: database not opened by schema::open_db"))

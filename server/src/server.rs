@@ -18,13 +18,15 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{
-    Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, UnimplementedLayer, WatchService,
+    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, ObserveLayer,
+    Observer, UnimplementedLayer, WatchService,
 };
 use crate::bootstrap;
 use crate::config::{url_authority, ClusterState, Config};
 use crate::lease::{LeaseSettings, Lessor};
 use crate::limits::{CLIENT_STREAMS_PER_CONNECTION_MAX, GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
+use crate::observability::{self, TraceSettings};
 use crate::raft::{PeerService, RaftNode};
 use crate::schema;
 use crate::watch::WatchHub;
@@ -38,6 +40,10 @@ pub const SNAPSHOT_DIR: &str = "snap";
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let dir = &config.data_dir;
     check_data_dir(dir)?;
+    observability::configure(TraceSettings {
+        apply_warn: config.warning_apply_duration,
+        request_warn: config.warning_unary_request_duration,
+    });
     let db =
         schema::open_db(&dir.join(DB_DIR)).with_context(|| format!("opening the database in {}", dir.display()))?;
     let joined = if bootstrap::must_join(&db, &config)? { Some(bootstrap::discover(&config).await?) } else { None };
@@ -57,13 +63,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Listen before forming the cluster, so that peers' first messages find us.
     let peer_listeners = bind_all(&config.listen_peer_urls).await?;
     let client_listeners = bind_all(&config.listen_client_urls).await?;
+    let metrics_listeners = bind_all(&config.listen_metrics_urls).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     for listener in peer_listeners {
         let peer = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
             .max_decoding_message_size(RESPONSE_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        let router = tonic::transport::Server::builder().add_service(peer);
+        let router = tonic::transport::Server::builder().layer(ObserveLayer::peer()).add_service(peer);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }
     // A new member of a new cluster forms it (also after a crash between creating
@@ -85,6 +92,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hub = WatchHub::start(store.clone(), config.watch_progress_notify_interval);
     let api = Api::new(node.clone(), store, limits, dir.join(SNAPSHOT_DIR));
     let lessor_task = tokio::spawn(lessor.clone().run(stop_rx.clone()));
+    let observer = Observer::start(api.clone(), hub.clone());
+    for listener in metrics_listeners {
+        servers.push(tokio::spawn(serve_metrics(listener, observer.clone(), stopped(stop_rx.clone()))));
+    }
     for listener in client_listeners {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
@@ -98,6 +109,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let lease = LeaseServer::new(LeaseService::new(api.clone(), lessor.clone()));
         let router = tonic::transport::Server::builder()
             .max_concurrent_streams(Some(CLIENT_STREAMS_PER_CONNECTION_MAX))
+            // HTTP/1.1 too, for /metrics, /health, /livez and /readyz next to gRPC.
+            .accept_http1(true)
+            .layer(ObserveLayer::client(observer.clone()))
             .layer(UnimplementedLayer)
             .add_service(kv)
             .add_service(watch)
@@ -112,6 +126,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cluster = format_args!("{:x}", identity.cluster_id),
         clients = %config.listen_client_urls.join(","),
         peers = %config.listen_peer_urls.join(","),
+        metrics = %config.listen_metrics_urls.join(","),
         new = fresh,
         "serving"
     );

@@ -64,6 +64,7 @@ impl Lease for LeaseService {
                 self.api.node.write(Command::LeaseGrant { id, ttl_seconds: ttl }).await.map_err(raft_status)?;
             match outcome.result {
                 Ok(_) => {
+                    crate::observability::metrics().lease.granted_total.inc();
                     let header = self.api.header(outcome.revision);
                     return Ok(Response::new(pb::LeaseGrantResponse { header, id, ttl, error: String::new() }));
                 }
@@ -81,6 +82,7 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
         let revision = self.propose(Command::LeaseRevoke { id }).await?;
+        crate::observability::metrics().lease.revoked_total.inc();
         Ok(Response::new(pb::LeaseRevokeResponse { header: self.api.header(revision) }))
     }
 

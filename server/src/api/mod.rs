@@ -4,6 +4,7 @@
 mod cluster;
 mod convert;
 mod error;
+mod http;
 mod kv;
 mod lease;
 mod maintenance;
@@ -21,6 +22,7 @@ use cairn_proto::etcdserverpb::ResponseHeader;
 
 pub use cluster::ClusterService;
 pub use error::{admin_status, mvcc_status, raft_status};
+pub use http::{serve_metrics, ObserveLayer, Observer};
 pub use kv::KvService;
 pub use lease::LeaseService;
 pub use maintenance::MaintenanceService;

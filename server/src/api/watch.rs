@@ -147,6 +147,7 @@ fn responses(api: &Api, msg: StreamMessage, fragment_bytes: usize) -> Vec<pb::Wa
         }
         StreamMessage::Progress { watch_id, revision } => vec![base(watch_id, revision)],
         StreamMessage::Events { watch_id, revision, events, fragment } => {
+            crate::observability::metrics().watch.events_sent_total.inc_by(events.len() as u64);
             let events: Vec<mvccpb::Event> = events.into_iter().map(event).collect();
             let whole = pb::WatchResponse { events, ..base(watch_id, revision) };
             if !fragment || whole.encoded_len() <= fragment_bytes || whole.events.len() < 2 {

@@ -61,6 +61,7 @@ impl Lessor {
     /// Renews lease `id` on the leader, wherever this is called; answers the granted
     /// TTL in seconds, or 0 if the lease does not exist or has expired.
     pub async fn keep_alive(&self, id: i64) -> Result<i64, RaftNodeError> {
+        crate::observability::metrics().lease.renewed_total.inc();
         self.node.lease_on_leader(LeaseCall::KeepAlive { id }, self).await
     }
 
@@ -182,7 +183,10 @@ impl Lessor {
         let expired = self.with_table(term, |t, now| t.expired(now, LEASE_REVOKES_PER_TICK_MAX));
         for id in expired {
             match self.propose(Command::LeaseRevoke { id }).await {
-                Ok(revision) => tracing::debug!(lease = format_args!("{id:x}"), revision, "lease expired"),
+                Ok(revision) => {
+                    crate::observability::metrics().lease.expired_total.inc();
+                    tracing::debug!(lease = format_args!("{id:x}"), revision, "lease expired")
+                }
                 Err(e) => {
                     tracing::info!(lease = format_args!("{id:x}"), error = %e, "revoking an expired lease failed");
                     return;

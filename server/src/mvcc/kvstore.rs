@@ -193,6 +193,11 @@ impl KvStore {
         self.applied.lock().expect("applier lock").alarms.clone()
     }
 
+    /// An estimate of the live keys, for metrics.
+    pub fn keys_estimate(&self) -> u64 {
+        schema::live_keys_estimate(&self.db)
+    }
+
     /// The background compactor (to wait for physical compaction).
     pub fn compactor(&self) -> &Compactor {
         &self.compactor
@@ -202,7 +207,7 @@ impl KvStore {
     pub fn write_meta(&self, meta: &[(&[u8], Vec<u8>)]) -> Result<(), rocksdb::Error> {
         let mut batch = WriteBatch::default();
         self.add_meta(&mut batch, meta);
-        self.db.write_opt(batch, &unsynced())
+        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))
     }
 
     fn add_meta(&self, batch: &mut WriteBatch, meta: &[(&[u8], Vec<u8>)]) {
@@ -264,7 +269,7 @@ impl KvStore {
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
-        self.db.write_opt(batch, &unsynced())?;
+        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
         if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }

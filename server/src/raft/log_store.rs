@@ -79,7 +79,7 @@ fn group_commit<E: std::fmt::Display>(rx: &mut mpsc::Receiver<FlushDone>, mut sy
                 Err(_) => break,
             }
         }
-        let result = sync();
+        let result = crate::observability::wal_fsync(&mut sync);
         if let Err(e) = &result {
             tracing::error!(error = %e, "fsync of the raft log failed");
         }
@@ -155,6 +155,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        crate::observability::committed(committed.map(|l| l.index));
         self.put_state(raft_state_keys::COMMITTED, &committed, false).map_err(write_err)
     }
 

@@ -131,6 +131,7 @@ impl PeerNetwork {
                 PeerRpc::Members => client.members(request).await,
             }
         };
+        let call = crate::observability::peer_call(target, rpc, call);
         let reply = match tokio::time::timeout(timeout, call).await {
             Err(_) => return Err(PeerCallError::Timeout { target, timeout }),
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
@@ -231,7 +232,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // openraft retries at once with at most this many entries.
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fits)));
         }
-        self.raft_call(PeerRpc::AppendEntries, &rpc, &option).await
+        let heartbeat = rpc.entries.is_empty();
+        crate::observability::heartbeat(self.target, heartbeat, self.raft_call(PeerRpc::AppendEntries, &rpc, &option))
+            .await
     }
 
     async fn install_snapshot(
@@ -240,6 +243,8 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>>
     {
+        let _timer = crate::observability::metrics().snapshot.send_seconds.start_timer();
+        crate::observability::metrics().snapshot.send_bytes_total.inc_by(rpc.data.len() as u64);
         let (offset, done) = (rpc.offset, rpc.done);
         let result = self.raft_call(PeerRpc::InstallSnapshot, &rpc, &option).await;
         if let Err(e) = &result {

@@ -215,7 +215,7 @@ impl RaftNode {
     /// Proposes `cmd` and returns its apply outcome, forwarding to the leader when
     /// this member is not it.
     pub async fn write(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
-        match timeout(self.settings.request_timeout, self.write_via_leader(cmd)).await {
+        match timeout(self.settings.request_timeout, crate::observability::proposal(self.write_via_leader(cmd))).await {
             Ok(result) => result,
             Err(_) => Err(RaftNodeError::Timeout),
         }
@@ -269,6 +269,7 @@ impl RaftNode {
                 continue;
             };
             let timeout = Duration::from_millis(PEER_FORWARD_TIMEOUT_MS);
+            crate::observability::step("forwarded");
             match self.net.call::<_, Result<Resp, RaftNodeError>>(target, &node, rpc, req, timeout).await {
                 Ok(Err(RaftNodeError::NotLeader { .. }))
                 | Err(PeerCallError::BadAddress { .. })
@@ -333,8 +334,9 @@ impl RaftNode {
                 return Err(RaftNodeError::NotLeader { leader: m.current_leader });
             }
         }
+        crate::observability::step("proposed");
         match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(resp.data),
+            Ok(resp) => Ok(crate::observability::entry_applied(resp.log_id.index, resp.data)),
             // openraft answers ForwardToLeader both to a request that arrived just
             // after this member lost leadership and to one whose entry it had already
             // appended (and perhaps replicated) before a new leader truncated it here;
@@ -379,6 +381,7 @@ impl RaftNode {
                 timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
             }
         };
+        crate::observability::step("read_index");
         let mut rx = self.raft.metrics();
         let applied = async { rx.wait_for(|m| m.last_applied.map_or(0, |l| l.index) >= index).await.map(|_| ()) };
         let result = match tokio::time::timeout_at(deadline, applied).await {

@@ -198,6 +198,7 @@ impl StateMachine {
         std::fs::rename(&tmp, &path)?;
         snapshot_file::sync_dir(&self.snapshot_dir)?;
         tracing::info!(snapshot = %meta.snapshot_id, bytes, "built snapshot");
+        crate::observability::metrics().snapshot.build_bytes.observe(bytes as f64);
         Ok((meta, std::fs::File::open(&path)?))
     }
 }
@@ -227,6 +228,7 @@ fn snapshot(meta: Meta, file: std::fs::File) -> Snapshot<TypeConfig> {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let _timer = crate::observability::metrics().snapshot.build_seconds.start_timer();
         let this = self.clone();
         let (meta, file) = tokio::task::spawn_blocking(move || this.build())
             .await
@@ -254,6 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut outcomes = Vec::new();
         for entry in entries {
+            let _apply = crate::observability::ApplyTimer::start(entry.log_id.index, entry.log_id.leader_id.term);
             outcomes.push(self.apply_entry(&entry).map_err(sm_write_err)?);
         }
         Ok(outcomes)
@@ -283,6 +286,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &Meta, mut snapshot: Box<AsyncFile>) -> Result<(), StorageError> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let _timer = crate::observability::metrics().snapshot.install_seconds.start_timer();
         let err = |e: io::Error| StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e));
         snapshot.flush().await.map_err(err)?;
         snapshot.sync_all().await.map_err(err)?;
@@ -290,6 +294,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // opened; compare inodes to be sure.
         let received = self.receiving.lock().expect("receiving slot").take();
         let given = snapshot.metadata().await.map_err(err)?;
+        crate::observability::metrics().snapshot.install_bytes.observe(given.len() as f64);
         let received = received.filter(|path| {
             use std::os::unix::fs::MetadataExt;
             std::fs::metadata(path).is_ok_and(|m| m.ino() == given.ino() && m.dev() == given.dev())

@@ -223,6 +223,14 @@ impl WatchHub {
         self.state.lock().expect("watch hub lock")
     }
 
+    /// Counts for metrics: (streams, watchers, watchers catching up, messages queued
+    /// for clients).
+    pub fn stats(&self) -> (usize, usize, usize, usize) {
+        let state = self.lock();
+        let queued = state.streams.values().map(|s| s.tx.max_capacity() - s.tx.capacity()).sum();
+        (state.streams.len(), state.watchers.len(), state.unsynced.len(), queued)
+    }
+
     /// Opens a stream: what its client is to be sent arrives on the receiver.
     pub fn open_stream(self: &Arc<Self>) -> (StreamGuard, mpsc::Receiver<StreamMessage>) {
         let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER_MESSAGES);
