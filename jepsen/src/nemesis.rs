@@ -84,7 +84,7 @@ pub enum Fault {
         /// Member index.
         node: usize,
     },
-    /// MoveLeader to `to` (if it is not the leader already).
+    /// MoveLeader to `to` (to the next member if `to` leads already).
     LeaderTransfer {
         /// Member index.
         to: usize,
@@ -351,13 +351,17 @@ async fn start(c: &mut Cluster, fault: &Fault) -> (String, Result<Resolved, Stri
             .await;
             (String::new(), res.map(|_| Vec::new()).map_err(|e| e.to_string()))
         }
-        Fault::LeaderTransfer { to } => match c.leader().await {
-            Some(l) if l == *to => (format!("n{} already leads", to + 1), Ok(Vec::new())),
-            _ => match c.move_leader(*to).await {
-                Ok(()) => (String::new(), Ok(Vec::new())),
-                Err(e) => (String::new(), Err(e.to_string())),
-            },
-        },
+        Fault::LeaderTransfer { to } => {
+            // The drawn target, or the next member if that one leads already.
+            let to = match c.leader().await {
+                Some(l) if l == *to => (to + 1) % c.size(),
+                _ => *to,
+            };
+            match c.move_leader(to).await {
+                Ok(()) => (format!("to n{}", to + 1), Ok(Vec::new())),
+                Err(e) => (format!("to n{}", to + 1), Err(e.to_string())),
+            }
+        }
         Fault::SlowNet { nodes } => {
             for &i in nodes {
                 if let Err(e) = c.net().slow(i) {

@@ -8,6 +8,11 @@ use crate::history::{Op, Outcome};
 use crate::nemesis::{NemesisEvent, Scheduled};
 use crate::run::Results;
 
+/// Fonts tried for the plots' labels (Debian `fonts-dejavu-core`, installed by
+/// scripts/setup.sh); without one the plots have no axis labels.
+pub const FONT_PATHS: [&str; 2] =
+    ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
+
 const PLOT_WIDTH: u32 = 1000;
 const PLOT_HEIGHT: u32 = 320;
 /// Anomalies shown in the report per checker (all are in results.json).
@@ -126,9 +131,27 @@ fn throughput_svg(ops: &[Op], shaded: &[(f64, f64, String)], t_max: f64) -> Resu
     Ok(svg)
 }
 
+/// Registers a font for the plots once; false if none was found.
+fn ensure_font() -> bool {
+    static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FONT.get_or_init(|| {
+        for path in FONT_PATHS {
+            if let Ok(bytes) = std::fs::read(path) {
+                // Registered fonts live for the whole process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
 /// Renders the report.
 pub fn render(results: &Results, ops: &[Op], events: &[NemesisEvent], schedule: &[Scheduled]) -> String {
     let shaded = intervals(events, schedule);
+    let have_font = ensure_font();
     let t_max = ops
         .iter()
         .map(|o| o.end_ns as f64 / 1e9)
@@ -172,6 +195,9 @@ pub fn render(results: &Results, ops: &[Op], events: &[NemesisEvent], schedule: 
         "<h2>Latency</h2><p class=legend><span style=color:#2e7d32>● ok</span><span style=color:#c62828>● failed</span>\
          <span style=color:#efa000>● indeterminate</span><span style=background:#ffcdd2>&nbsp;fault&nbsp;</span></p>",
     );
+    if !have_font {
+        html.push_str("<p>(no font found for axis labels: install fonts-dejavu-core)</p>");
+    }
     html.push_str(&plot(latency_svg(ops, &shaded, t_max)));
     html.push_str("<h2>Throughput</h2>");
     html.push_str(&plot(throughput_svg(ops, &shaded, t_max)));

@@ -32,6 +32,12 @@ pub const LEASE_TTL_SECONDS: i64 = 2;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
 /// Guarded writes per holding at most.
 pub const WRITES_PER_HOLD_MAX: u32 = 4;
+/// Chance that a holder stalls (stops its keep-alives and sleeps past its
+/// lease's TTL, like a long GC pause) before a guarded write: its lease lapses,
+/// another client takes the lock, and the stalled write must be fenced off.
+pub const STALL_PROBABILITY: f64 = 0.15;
+/// How long a stall lasts.
+pub const STALL: Duration = Duration::from_millis(3_500);
 
 fn guard(token: i64) -> Compare {
     Compare {
@@ -61,7 +67,7 @@ pub async fn run(ctx: &Ctx) {
         let mut seq = 0u32;
         while !ctx.done() {
             let node = rng.random_range(0..ctx.channels.len());
-            let Some((lease, alive)) = grant(&ctx, node).await else {
+            let Some((lease, alive, stalled)) = grant(&ctx, node).await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -70,7 +76,7 @@ pub async fn run(ctx: &Ctx) {
                 let node = rng.random_range(0..ctx.channels.len());
                 match acquire(&ctx, client, node, lease).await {
                     Some(token) => {
-                        hold(&ctx, client, token, &mut seq, &mut rng).await;
+                        hold(&ctx, client, token, &mut seq, &mut rng, &stalled).await;
                     }
                     None => tokio::time::sleep(ctx.client_interval).await,
                 }
@@ -85,18 +91,19 @@ pub async fn run(ctx: &Ctx) {
 
 /// Grants a lease and keeps it alive in the background; `alive` turns false
 /// when a keep-alive reports it expired (or the holder gives it up).
-async fn grant(ctx: &Ctx, node: usize) -> Option<(i64, Arc<AtomicBool>)> {
+async fn grant(ctx: &Ctx, node: usize) -> Option<(i64, Arc<AtomicBool>, Arc<AtomicBool>)> {
     let mut l = LeaseClient::new(ctx.channels[node].clone());
     let resp = match attempt(ctx.op_timeout, l.lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_SECONDS, id: 0 })).await {
         Attempt::Ok(r) if r.error.is_empty() => r,
         _ => return None,
     };
     let alive = Arc::new(AtomicBool::new(true));
-    tokio::spawn(keep_alive(ctx.clone(), node, resp.id, alive.clone()));
-    Some((resp.id, alive))
+    let stalled = Arc::new(AtomicBool::new(false));
+    tokio::spawn(keep_alive(ctx.clone(), node, resp.id, alive.clone(), stalled.clone()));
+    Some((resp.id, alive, stalled))
 }
 
-async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool>) {
+async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool>, stalled: Arc<AtomicBool>) {
     while alive.load(Ordering::Relaxed) {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut l = LeaseClient::new(ctx.channels[node].clone());
@@ -104,6 +111,10 @@ async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool
         if let Ok(Ok(stream)) = stream {
             let mut stream = stream.into_inner();
             while alive.load(Ordering::Relaxed) {
+                if stalled.load(Ordering::Relaxed) {
+                    tokio::time::sleep(KEEPALIVE_INTERVAL).await;
+                    continue;
+                }
                 if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
                     break;
                 }
@@ -149,10 +160,15 @@ async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Option<i64>
 }
 
 /// Writes the resource a few times under the token, then releases the lock.
-async fn hold(ctx: &Ctx, client: u32, token: i64, seq: &mut u32, rng: &mut ChaCha8Rng) {
+async fn hold(ctx: &Ctx, client: u32, token: i64, seq: &mut u32, rng: &mut ChaCha8Rng, stalled: &AtomicBool) {
     let writes = rng.random_range(1..=WRITES_PER_HOLD_MAX);
     for _ in 0..writes {
         tokio::time::sleep(ctx.client_interval).await;
+        if rng.random_bool(STALL_PROBABILITY) {
+            stalled.store(true, Ordering::Relaxed);
+            tokio::time::sleep(STALL).await;
+            stalled.store(false, Ordering::Relaxed);
+        }
         let node = rng.random_range(0..ctx.channels.len());
         *seq += 1;
         let value = format!("t{token}-c{client}-s{seq}");

@@ -131,10 +131,13 @@ pub async fn attempt<T>(timeout: Duration, fut: impl Future<Output = Result<toni
         Ok(Ok(r)) => Attempt::Ok(r.into_inner()),
         Ok(Err(s)) => {
             use tonic::Code::*;
-            let definite = matches!(
-                s.code(),
-                InvalidArgument | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition | OutOfRange | Unauthenticated
-            );
+            // A refused connection means the request was never sent.
+            let never_sent = s.code() == Unavailable && s.message().contains("tcp connect error");
+            let definite = never_sent
+                || matches!(
+                    s.code(),
+                    InvalidArgument | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition | OutOfRange | Unauthenticated
+                );
             Attempt::Err { definite, message: format!("{:?}: {}", s.code(), s.message()) }
         }
     }
