@@ -239,7 +239,8 @@ impl Cluster {
         let Some(child) = self.members[i].child.as_ref() else {
             return Ok(());
         };
-        kill(Pid::from_raw(child.id() as i32), sig).map_err(|e| Error::Setup(format!("{sig} {}: {e}", self.members[i].name)))
+        kill(Pid::from_raw(child.id() as i32), sig)
+            .map_err(|e| Error::Setup(format!("{sig} {}: {e}", self.members[i].name)))
     }
 
     /// `(own member ID, leader ID)` as member `i` reports them.
@@ -249,23 +250,23 @@ impl Cluster {
         Some((resp.header.map(|h| h.member_id).unwrap_or(0), resp.leader))
     }
 
-    /// The member that all running, reachable members agree is the leader.
+    /// The leader as most running, reachable members report it.
     pub async fn leader(&mut self) -> Option<usize> {
-        let mut ids = vec![None; self.size()];
-        let mut leader_id = None;
+        let mut reports: Vec<(usize, u64, u64)> = Vec::new();
         for i in 0..self.size() {
             if !self.is_running(i) || self.members[i].removed {
                 continue;
             }
             if let Some((me, leader)) = self.status(i).await {
-                ids[i] = Some(me);
-                if leader != 0 {
-                    leader_id = Some(leader);
-                }
+                reports.push((i, me, leader));
             }
         }
-        let leader_id = leader_id?;
-        ids.iter().position(|id| *id == Some(leader_id))
+        let mut votes: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        for (_, _, leader) in reports.iter().filter(|r| r.2 != 0) {
+            *votes.entry(*leader).or_default() += 1;
+        }
+        let (leader_id, _) = votes.into_iter().max_by_key(|(id, n)| (*n, *id))?;
+        reports.iter().find(|r| r.1 == leader_id).map(|r| r.0)
     }
 
     /// Member `i`'s ID (from its Status).
@@ -283,7 +284,11 @@ impl Cluster {
                     continue;
                 }
                 if !self.is_running(i) {
-                    problem = Some(format!("{} is not running (see {})", self.members[i].name, self.members[i].log.display()));
+                    problem = Some(format!(
+                        "{} is not running (see {})",
+                        self.members[i].name,
+                        self.members[i].log.display()
+                    ));
                     break;
                 }
                 let mut kv = KvClient::new(self.channel(i));
@@ -400,7 +405,10 @@ impl Cluster {
     /// Asks the leader to hand leadership to member `to` (MoveLeader).
     pub async fn move_leader(&mut self, to: usize) -> Result<()> {
         let leader = self.leader().await.ok_or_else(|| Error::Setup("no leader to move".into()))?;
-        let target = self.member_id(to).await.ok_or_else(|| Error::Setup(format!("{} did not answer Status", self.members[to].name)))?;
+        let target = self
+            .member_id(to)
+            .await
+            .ok_or_else(|| Error::Setup(format!("{} did not answer Status", self.members[to].name)))?;
         let mut c = MaintenanceClient::new(self.channel(leader));
         tokio::time::timeout(PROBE_TIMEOUT * 3, c.move_leader(MoveLeaderRequest { target_id: target }))
             .await

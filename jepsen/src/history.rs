@@ -273,8 +273,11 @@ pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Vec<T>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v = serde_json::from_str(&line)
-            .map_err(|e| Error::Parse { path: path.to_path_buf(), line: i + 1, message: e.to_string() })?;
+        let v = serde_json::from_str(&line).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
         out.push(v);
     }
     Ok(out)

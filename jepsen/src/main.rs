@@ -108,7 +108,9 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<bool> {
     let server_bin = match (args.server_bin, args.server) {
         (Some(p), _) => p,
         (None, ServerKind::Etcd) => PathBuf::from("/usr/bin/etcd"),
-        (None, ServerKind::Cairn) => default_server_bin().context("cannot locate the cairn binary; pass --server-bin")?,
+        (None, ServerKind::Cairn) => {
+            default_server_bin().context("cannot locate the cairn binary; pass --server-bin")?
+        }
     };
     let cfg = RunConfig {
         workload: args.workload,
@@ -136,7 +138,11 @@ async fn run_cmd(args: RunArgs) -> anyhow::Result<bool> {
 fn summarize(results: &run::Results) {
     for (name, c) in &results.checkers {
         let types = c.anomaly_types().join(", ");
-        eprintln!("{name:>20}: {}{}", if c.valid { "valid" } else { "INVALID" }, if types.is_empty() { String::new() } else { format!(" ({types})") });
+        eprintln!(
+            "{name:>20}: {}{}",
+            if c.valid { "valid" } else { "INVALID" },
+            if types.is_empty() { String::new() } else { format!(" ({types})") }
+        );
     }
     eprintln!(
         "{:>20}: {} ok, {} failed, {} indeterminate",

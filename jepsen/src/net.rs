@@ -47,9 +47,11 @@ fn sh_stdin(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String>
     if let Some(input) = stdin {
         use std::io::Write;
         let mut pipe = child.stdin.take().expect("piped stdin");
-        pipe.write_all(input.as_bytes()).map_err(|e| Error::Command { command: command.clone(), message: e.to_string() })?;
+        pipe.write_all(input.as_bytes())
+            .map_err(|e| Error::Command { command: command.clone(), message: e.to_string() })?;
     }
-    let out = child.wait_with_output().map_err(|e| Error::Command { command: command.clone(), message: e.to_string() })?;
+    let out =
+        child.wait_with_output().map_err(|e| Error::Command { command: command.clone(), message: e.to_string() })?;
     if !out.status.success() {
         return Err(Error::Command { command, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
     }
@@ -91,7 +93,12 @@ impl Net {
         let mut taken = None;
         for slot in 0..SLOTS_MAX {
             let path = PathBuf::from(LOCK_DIR).join(format!("slot-{slot}.lock"));
-            let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(|e| Error::io(&path, e))?;
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 taken = Some((slot, lock));
                 break;
@@ -221,8 +228,22 @@ impl Net {
         sh(
             "ip",
             &[
-                "netns", "exec", &self.ns(i), "tc", "qdisc", "replace", "dev", &dev, "root", "tbf", "rate",
-                SLOW_LINK_RATE, "burst", SLOW_LINK_BURST, "latency", SLOW_LINK_LATENCY,
+                "netns",
+                "exec",
+                &self.ns(i),
+                "tc",
+                "qdisc",
+                "replace",
+                "dev",
+                &dev,
+                "root",
+                "tbf",
+                "rate",
+                SLOW_LINK_RATE,
+                "burst",
+                SLOW_LINK_BURST,
+                "latency",
+                SLOW_LINK_LATENCY,
             ],
         )
         .map(|_| ())
@@ -234,7 +255,11 @@ impl Net {
         match sh("ip", &["netns", "exec", &self.ns(i), "tc", "qdisc", "del", "dev", &dev, "root"]) {
             Ok(_) => Ok(()),
             // No qdisc of ours: nothing to remove.
-            Err(Error::Command { message, .. }) if message.contains("No such file") || message.contains("Cannot delete qdisc with handle of zero") => Ok(()),
+            Err(Error::Command { message, .. })
+                if message.contains("No such file") || message.contains("Cannot delete qdisc with handle of zero") =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

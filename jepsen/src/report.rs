@@ -58,15 +58,13 @@ fn latency_svg(ops: &[Op], shaded: &[(f64, f64, String)], t_max: f64) -> Result<
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..t_max, (0.1f64..lat_max).log_scale())
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("latency (ms)")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("time (s)").y_desc("latency (ms)").draw().map_err(|e| e.to_string())?;
         for (a, b, _) in shaded {
             chart
-                .draw_series(std::iter::once(Rectangle::new([(*a, 0.1), (*b, lat_max)], RGBColor(255, 205, 210).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(*a, 0.1), (*b, lat_max)],
+                    RGBColor(255, 205, 210).filled(),
+                )))
                 .map_err(|e| e.to_string())?;
         }
         for outcome in [Outcome::Ok, Outcome::Fail, Outcome::Info] {
@@ -106,15 +104,13 @@ fn throughput_svg(ops: &[Op], shaded: &[(f64, f64, String)], t_max: f64) -> Resu
             .y_label_area_size(60)
             .build_cartesian_2d(0f64..t_max, 0f64..y_max)
             .map_err(|e| e.to_string())?;
-        chart
-            .configure_mesh()
-            .x_desc("time (s)")
-            .y_desc("operations / s")
-            .draw()
-            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("time (s)").y_desc("operations / s").draw().map_err(|e| e.to_string())?;
         for (a, b, _) in shaded {
             chart
-                .draw_series(std::iter::once(Rectangle::new([(*a, 0.0), (*b, y_max)], RGBColor(255, 205, 210).filled())))
+                .draw_series(std::iter::once(Rectangle::new(
+                    [(*a, 0.0), (*b, y_max)],
+                    RGBColor(255, 205, 210).filled(),
+                )))
                 .map_err(|e| e.to_string())?;
         }
         for (k, outcome) in [Outcome::Ok, Outcome::Fail, Outcome::Info].into_iter().enumerate() {
@@ -152,11 +148,7 @@ fn ensure_font() -> bool {
 pub fn render(results: &Results, ops: &[Op], events: &[NemesisEvent], schedule: &[Scheduled]) -> String {
     let shaded = intervals(events, schedule);
     let have_font = ensure_font();
-    let t_max = ops
-        .iter()
-        .map(|o| o.end_ns as f64 / 1e9)
-        .chain(shaded.iter().map(|s| s.1))
-        .fold(1.0, f64::max);
+    let t_max = ops.iter().map(|o| o.end_ns as f64 / 1e9).chain(shaded.iter().map(|s| s.1)).fold(1.0, f64::max);
     let plot = |r: Result<String, String>| r.unwrap_or_else(|e| format!("<p>plot failed: {}</p>", escape(&e)));
     let mut html = String::new();
     let verdict = if results.valid { "<span class=ok>VALID</span>" } else { "<span class=bad>INVALID</span>" };
@@ -171,10 +163,17 @@ pub fn render(results: &Results, ops: &[Op], events: &[NemesisEvent], schedule: 
     html.push_str(&format!(
         "<h1>cairn-jepsen: {verdict}</h1><p>workload <b>{:?}</b>, nemesis <b>{:?}</b>, {} members, seed {}. \
          Operations: {} ok, {} failed, {} indeterminate.</p>",
-        results.workload, results.nemesis, results.nodes, results.seed, results.ops.ok, results.ops.failed,
+        results.workload,
+        results.nemesis,
+        results.nodes,
+        results.seed,
+        results.ops.ok,
+        results.ops.failed,
         results.ops.indeterminate
     ));
-    html.push_str("<h2>Checkers</h2><table><tr><th>checker</th><th>verdict</th><th>anomalies</th><th>checked</th></tr>");
+    html.push_str(
+        "<h2>Checkers</h2><table><tr><th>checker</th><th>verdict</th><th>anomalies</th><th>checked</th></tr>",
+    );
     for (name, c) in &results.checkers {
         let v = if c.valid { "<span class=ok>valid</span>" } else { "<span class=bad>invalid</span>" };
         html.push_str(&format!(

@@ -291,9 +291,11 @@ async fn probe_all(ctx: &Ctx, ops: &[Op]) -> Vec<DurabilityProbe> {
                 let req = RangeRequest { key: key.clone().into_bytes(), revision, ..Default::default() };
                 match tokio::time::timeout(ctx.op_timeout, kv.range(req)).await {
                     Ok(Ok(r)) => {
-                        let found = r.into_inner().kvs.first().map(|kv| {
-                            (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision)
-                        });
+                        let found = r
+                            .into_inner()
+                            .kvs
+                            .first()
+                            .map(|kv| (String::from_utf8_lossy(&kv.value).into_owned(), kv.mod_revision));
                         return DurabilityProbe { op, key, value, revision, found, error: None };
                     }
                     Ok(Err(s)) => last_err = format!("{:?}: {}", s.code(), s.message()),
@@ -331,8 +333,10 @@ pub fn check_dir(dir: &Path) -> Result<Results> {
     checkers.insert("run".to_string(), run_checker(&record, &schedule, &events, &ops));
     let faults = events
         .iter()
-        .map(|e| serde_json::json!({"index": e.index, "phase": e.phase, "t_s": e.t_ns as f64 / 1e9, "fault": e.fault,
-            "detail": e.detail, "error": e.error}))
+        .map(|e| {
+            serde_json::json!({"index": e.index, "phase": e.phase, "t_s": e.t_ns as f64 / 1e9, "fault": e.fault,
+            "detail": e.detail, "error": e.error})
+        })
         .collect();
     let results = Results {
         valid: checkers.values().all(|c| c.valid),
@@ -363,11 +367,15 @@ fn run_checker(record: &RunRecord, schedule: &[Scheduled], events: &[NemesisEven
     }
     let started = events.iter().filter(|e| e.phase == "start").count();
     if started < schedule.len() {
-        anomalies.push(serde_json::json!({"type": "schedule-incomplete", "scheduled": schedule.len(), "started": started}));
+        anomalies
+            .push(serde_json::json!({"type": "schedule-incomplete", "scheduled": schedule.len(), "started": started}));
     }
     let counts = OpCounts::of(ops);
     if counts.ok == 0 {
         anomalies.push(serde_json::json!({"type": "no-successful-operations"}));
     }
-    CheckResult::from_anomalies(anomalies, serde_json::json!({"faults_scheduled": schedule.len(), "faults_started": started}))
+    CheckResult::from_anomalies(
+        anomalies,
+        serde_json::json!({"faults_scheduled": schedule.len(), "faults_started": started}),
+    )
 }

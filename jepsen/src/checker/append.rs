@@ -91,7 +91,9 @@ pub fn check(ops: &[Op]) -> CheckResult {
             }
             let mut seen = std::collections::HashSet::new();
             if let Some(d) = list.iter().find(|v| !seen.insert(**v)) {
-                anomalies.push(json!({"type": "duplicate-elements", "key": key, "op": all[*i].0.id, "value": d, "read": list}));
+                anomalies.push(
+                    json!({"type": "duplicate-elements", "key": key, "op": all[*i].0.id, "value": d, "read": list}),
+                );
             }
             for v in list.iter() {
                 match appender.get(&(*key, *v)) {

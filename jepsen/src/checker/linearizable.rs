@@ -25,7 +25,11 @@ enum RegOp {
     Read(Option<u64>),
     Write(u64),
     /// `ok`: `Some(true)` succeeded, `Some(false)` compare failed, `None` unknown.
-    Cas { from: u64, to: u64, ok: Option<bool> },
+    Cas {
+        from: u64,
+        to: u64,
+        ok: Option<bool>,
+    },
 }
 
 type State = Option<u64>;
@@ -263,9 +267,28 @@ fn failure(ops: &[LinOp], _events: &[Event], deepest: (usize, usize, State)) -> 
         ops.iter().filter(|o| o.call <= b.ret && o.ret >= b.call && o.id != b.id).collect();
     concurrent.sort_by_key(|o| o.call);
     concurrent.truncate(20);
+    // For a read: who wrote the value it saw, and the last write acknowledged
+    // before it began (what a linearizable read could not have missed).
+    let writes = |pred: &dyn Fn(&LinOp) -> bool| ops.iter().filter(|o| pred(o)).map(describe).collect::<Vec<_>>();
+    let read_value = match b.op {
+        RegOp::Read(v) => v,
+        _ => None,
+    };
+    let writers = writes(&|o: &LinOp| match o.op {
+        RegOp::Write(v) => Some(v) == read_value,
+        RegOp::Cas { to, ok, .. } => Some(to) == read_value && ok != Some(false),
+        RegOp::Read(_) => false,
+    });
+    let last_before = ops
+        .iter()
+        .filter(|o| o.ret < b.call && matches!(o.op, RegOp::Write(_) | RegOp::Cas { ok: Some(true), .. }))
+        .max_by_key(|o| o.ret)
+        .map(describe);
     json!({
         "type": "nonlinearizable",
         "blocked_op": describe(b),
+        "writers_of_value_read": writers,
+        "last_write_acknowledged_before": last_before,
         "value_before_blocked_op": match state {
             Some(UNOBSERVED) => json!("a value never read"),
             v => json!(v),
@@ -345,7 +368,11 @@ mod tests {
         let h = vec![w(1, 0, 1, 5), info.clone(), r(3, 4, 5, Some(5)), r(4, 100, 101, Some(5))];
         assert!(check(&h).valid);
         // But it cannot take effect before it was invoked.
-        let h = vec![w(1, 0, 1, 5), r(3, 1, 2, Some(6)), op(2, 3, 4, Outcome::Info, OpKind::Write { key: "k".into(), value: 6 })];
+        let h = vec![
+            w(1, 0, 1, 5),
+            r(3, 1, 2, Some(6)),
+            op(2, 3, 4, Outcome::Info, OpKind::Write { key: "k".into(), value: 6 }),
+        ];
         assert!(!check(&h).valid);
     }
 

@@ -91,7 +91,18 @@ mod tests {
     use super::*;
 
     fn op(id: u64, outcome: Outcome, rev: Option<i64>, kind: OpKind) -> Op {
-        Op { id, client: 0, node: 0, start_ns: id, end_ns: id + 1, outcome, op: kind, revision: rev, error: None, is_final: false }
+        Op {
+            id,
+            client: 0,
+            node: 0,
+            start_ns: id,
+            end_ns: id + 1,
+            outcome,
+            op: kind,
+            revision: rev,
+            error: None,
+            is_final: false,
+        }
     }
     fn acq(id: u64, token: i64) -> Op {
         op(id, Outcome::Ok, Some(token), OpKind::Acquire { lease: 1, token: Some(token) })
@@ -107,7 +118,14 @@ mod tests {
 
     #[test]
     fn successive_holders_are_valid() {
-        let h = vec![acq(1, 2), gw(2, 2, 3, 0), gw(3, 2, 4, 1), acq(4, 6), gw(5, 6, 7, 0), hist(&[(3, 2, 0), (4, 2, 1), (7, 6, 0)])];
+        let h = vec![
+            acq(1, 2),
+            gw(2, 2, 3, 0),
+            gw(3, 2, 4, 1),
+            acq(4, 6),
+            gw(5, 6, 7, 0),
+            hist(&[(3, 2, 0), (4, 2, 1), (7, 6, 0)]),
+        ];
         let res = check(&h);
         assert!(res.valid, "{res:?}");
     }

@@ -36,11 +36,8 @@ impl CheckResult {
 
     /// The anomaly types found, for test assertions and summaries.
     pub fn anomaly_types(&self) -> Vec<String> {
-        let mut t: Vec<String> = self
-            .anomalies
-            .iter()
-            .filter_map(|a| a.get("type").and_then(|t| t.as_str()).map(str::to_string))
-            .collect();
+        let mut t: Vec<String> =
+            self.anomalies.iter().filter_map(|a| a.get("type").and_then(|t| t.as_str()).map(str::to_string)).collect();
         t.sort();
         t.dedup();
         t

@@ -75,7 +75,8 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
                         continue;
                     }
                     if entry.0 != ri {
-                        anomalies.push(json!({"type": "split-revision", "watcher": watcher, "node": node, "t_ns": t_ns,
+                        anomalies
+                            .push(json!({"type": "split-revision", "watcher": watcher, "node": node, "t_ns": t_ns,
                             "revision": e.revision, "key": e.key}));
                     }
                     entry.1.push(change);
@@ -96,11 +97,14 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
         }
         if !missing.is_empty() {
             let shown: Vec<i64> = missing.iter().take(20).copied().collect();
-            anomalies.push(json!({"type": "gap", "watcher": w, "missing_revisions": missing.len(), "first_missing": shown,
+            anomalies
+                .push(json!({"type": "gap", "watcher": w, "missing_revisions": missing.len(), "first_missing": shown,
                 "final_revision": final_rev}));
         }
         for rev in seen.keys().filter(|r| **r > final_rev || **r < FIRST_REVISION) {
-            anomalies.push(json!({"type": "revision-never-written", "watcher": w, "revision": rev, "final_revision": final_rev}));
+            anomalies.push(
+                json!({"type": "revision-never-written", "watcher": w, "revision": rev, "final_revision": final_rev}),
+            );
         }
         // Each revision's changes must be one write's puts.
         for (rev, (_, changes)) in seen {
@@ -111,7 +115,9 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
                 None => changes.first().and_then(|(_, _, v)| by_value.get(v.as_str()).copied()),
             };
             match expected {
-                None => anomalies.push(json!({"type": "never-written", "watcher": w, "revision": rev, "events": changes})),
+                None => {
+                    anomalies.push(json!({"type": "never-written", "watcher": w, "revision": rev, "events": changes}))
+                }
                 Some(o) => {
                     if o.outcome == Outcome::Fail {
                         anomalies.push(json!({"type": "failed-write-seen", "watcher": w, "revision": rev, "op": o.id}));
@@ -125,8 +131,10 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
                     let mut want = puts_of(o);
                     want.sort();
                     if want != sorted {
-                        anomalies.push(json!({"type": if sorted.len() < want.len() { "partial-revision" } else { "wrong-events" },
-                            "watcher": w, "revision": rev, "op": o.id, "expected": want, "seen": sorted}));
+                        anomalies.push(
+                            json!({"type": if sorted.len() < want.len() { "partial-revision" } else { "wrong-events" },
+                            "watcher": w, "revision": rev, "op": o.id, "expected": want, "seen": sorted}),
+                        );
                     }
                 }
             }
@@ -151,7 +159,8 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
                     rev_changes.insert(*rev, (*w, sorted));
                 }
                 Some((w0, c0)) if *c0 != sorted => {
-                    anomalies.push(json!({"type": "watchers-disagree", "revision": rev, "watcher": w, "events": sorted,
+                    anomalies
+                        .push(json!({"type": "watchers-disagree", "revision": rev, "watcher": w, "events": sorted,
                         "other_watcher": w0, "other_events": c0}));
                 }
                 Some(_) => {}
@@ -159,7 +168,8 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
             for (_, _, v) in changes.iter().filter(|c| !c.0) {
                 if let Some((r0, w0)) = value_rev.insert(v.as_str(), (*rev, *w)) {
                     if r0 != *rev {
-                        anomalies.push(json!({"type": "inconsistent-revision", "value": v, "watcher": w, "revision": rev,
+                        anomalies
+                            .push(json!({"type": "inconsistent-revision", "value": v, "watcher": w, "revision": rev,
                             "other_watcher": w0, "other_revision": r0}));
                     }
                 }
@@ -230,7 +240,11 @@ mod tests {
 
     #[test]
     fn gap_is_flagged() {
-        let recs = vec![resp(0, vec![ev(2, "a", "1"), ev(2, "b", "2")]), resp(0, vec![ev(4, "c", "4")]), WatchRecord::Final { revision: 4 }];
+        let recs = vec![
+            resp(0, vec![ev(2, "a", "1"), ev(2, "b", "2")]),
+            resp(0, vec![ev(4, "c", "4")]),
+            WatchRecord::Final { revision: 4 },
+        ];
         assert_eq!(check(&ops(), &recs).anomaly_types(), vec!["gap"]);
     }
 

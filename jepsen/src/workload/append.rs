@@ -76,7 +76,10 @@ pub async fn run(ctx: &Ctx) -> Vec<String> {
 
 fn range_op(key: &str) -> RequestOp {
     RequestOp {
-        request: Some(request_op::Request::RequestRange(RangeRequest { key: key.as_bytes().to_vec(), ..Default::default() })),
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
     }
 }
 
@@ -166,7 +169,13 @@ async fn txn(ctx: &Ctx, client: u32, node: usize, mut mops: Vec<Mop>) {
         }
         Attempt::Ok(_) => {
             clear_reads(&mut mops);
-            b.finish(ctx, Outcome::Fail, OpKind::Txn { mops, stored: Vec::new() }, None, Some("compare failed (conflict)".into()))
+            b.finish(
+                ctx,
+                Outcome::Fail,
+                OpKind::Txn { mops, stored: Vec::new() },
+                None,
+                Some("compare failed (conflict)".into()),
+            )
         }
         Attempt::Err { definite, message } => {
             clear_reads(&mut mops);
@@ -190,7 +199,8 @@ pub async fn final_reads(ctx: &Ctx, keys: &[String]) -> Result<(), String> {
         let resp = retry(Duration::from_secs(30), |i| {
             let node = i % ctx.channels.len();
             let mut kv = KvClient::new(ctx.channels[node].clone());
-            let req = TxnRequest { compare: vec![], success: chunk.iter().map(|k| range_op(k)).collect(), failure: vec![] };
+            let req =
+                TxnRequest { compare: vec![], success: chunk.iter().map(|k| range_op(k)).collect(), failure: vec![] };
             let timeout = ctx.op_timeout;
             async move {
                 let b = OpBuilder::start(ctx, u32::MAX, node);
@@ -204,11 +214,8 @@ pub async fn final_reads(ctx: &Ctx, keys: &[String]) -> Result<(), String> {
         let (b, r) = resp;
         let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
         let snap = snapshot(&r, &refs)?;
-        let mops = chunk
-            .iter()
-            .zip(snap)
-            .map(|(k, (list, _))| Mop::Read { key: k.clone(), value: Some(list) })
-            .collect();
+        let mops =
+            chunk.iter().zip(snap).map(|(k, (list, _))| Mop::Read { key: k.clone(), value: Some(list) }).collect();
         b.finish_final(ctx, Outcome::Ok, OpKind::Txn { mops, stored: Vec::new() }, r.header.map(|h| h.revision), None);
     }
     Ok(())

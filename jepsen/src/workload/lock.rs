@@ -144,7 +144,11 @@ async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Option<i64>
         target_union: Some(compare::TargetUnion::CreateRevision(0)),
         ..Default::default()
     };
-    let req = TxnRequest { compare: vec![absent], success: vec![put_op(LOCK_KEY, format!("c{client}"), lease)], failure: vec![] };
+    let req = TxnRequest {
+        compare: vec![absent],
+        success: vec![put_op(LOCK_KEY, format!("c{client}"), lease)],
+        failure: vec![],
+    };
     match attempt(ctx.op_timeout, kv.txn(req)).await {
         Attempt::Ok(r) => {
             let rev = r.header.map(|h| h.revision);
@@ -174,7 +178,11 @@ async fn hold(ctx: &Ctx, client: u32, token: i64, seq: &mut u32, rng: &mut ChaCh
         let value = format!("t{token}-c{client}-s{seq}");
         let b = OpBuilder::start(ctx, client, node);
         let mut kv = KvClient::new(ctx.channels[node].clone());
-        let req = TxnRequest { compare: vec![guard(token)], success: vec![put_op(RESOURCE_KEY, value.clone(), 0)], failure: vec![] };
+        let req = TxnRequest {
+            compare: vec![guard(token)],
+            success: vec![put_op(RESOURCE_KEY, value.clone(), 0)],
+            failure: vec![],
+        };
         match attempt(ctx.op_timeout, kv.txn(req)).await {
             Attempt::Ok(r) => {
                 let op = OpKind::GuardedWrite { token, value, succeeded: Some(r.succeeded) };

@@ -125,7 +125,10 @@ pub enum Attempt<T> {
 /// Runs one request with the operation timeout. A timeout is indeterminate; a
 /// gRPC error is definite only for codes that say the request was refused
 /// before it could take effect.
-pub async fn attempt<T>(timeout: Duration, fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>) -> Attempt<T> {
+pub async fn attempt<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Attempt<T> {
     match tokio::time::timeout(timeout, fut).await {
         Err(_) => Attempt::Err { definite: false, message: format!("no answer within {timeout:?}") },
         Ok(Ok(r)) => Attempt::Ok(r.into_inner()),
@@ -136,7 +139,13 @@ pub async fn attempt<T>(timeout: Duration, fut: impl Future<Output = Result<toni
             let definite = never_sent
                 || matches!(
                     s.code(),
-                    InvalidArgument | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition | OutOfRange | Unauthenticated
+                    InvalidArgument
+                        | NotFound
+                        | AlreadyExists
+                        | PermissionDenied
+                        | FailedPrecondition
+                        | OutOfRange
+                        | Unauthenticated
                 );
             Attempt::Err { definite, message: format!("{:?}: {}", s.code(), s.message()) }
         }

@@ -34,7 +34,8 @@ pub async fn run(ctx: &Ctx) {
                     break;
                 }
                 let n = seq.fetch_add(1, Ordering::Relaxed);
-                let key = format!("r/{}", (n / OPS_PER_KEY_GENERATION) * ACTIVE_KEYS + rng.random_range(0..ACTIVE_KEYS));
+                let key =
+                    format!("r/{}", (n / OPS_PER_KEY_GENERATION) * ACTIVE_KEYS + rng.random_range(0..ACTIVE_KEYS));
                 let node = rng.random_range(0..ctx.channels.len());
                 let roll: f64 = rng.random();
                 if roll < 0.5 {
@@ -73,7 +74,9 @@ async fn read(ctx: &Ctx, client: u32, node: usize, key: String, last_seen: &Mute
             b.finish(ctx, Outcome::Ok, OpKind::Read { key, value }, rev, None);
         }
         // A read has no effect: any error is a definite failure.
-        Attempt::Err { message, .. } => b.finish(ctx, Outcome::Fail, OpKind::Read { key, value: None }, None, Some(message)),
+        Attempt::Err { message, .. } => {
+            b.finish(ctx, Outcome::Fail, OpKind::Read { key, value: None }, None, Some(message))
+        }
     }
 }
 

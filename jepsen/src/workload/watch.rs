@@ -194,7 +194,8 @@ pub async fn finish(ctx: &Ctx, watchers: Watchers) -> Result<(), String> {
     let final_rev = retry(Duration::from_secs(30), |i| {
         let node = i % ctx.channels.len();
         let mut kv = KvClient::new(ctx.channels[node].clone());
-        let req = RangeRequest { key: b"w/".to_vec(), range_end: b"w0".to_vec(), count_only: true, ..Default::default() };
+        let req =
+            RangeRequest { key: b"w/".to_vec(), range_end: b"w0".to_vec(), count_only: true, ..Default::default() };
         let timeout = ctx.op_timeout;
         async move {
             match attempt(timeout, kv.range(req)).await {
