@@ -405,6 +405,9 @@ impl Cluster {
     /// Asks the leader to hand leadership to member `to` (MoveLeader).
     pub async fn move_leader(&mut self, to: usize) -> Result<()> {
         let leader = self.leader().await.ok_or_else(|| Error::Setup("no leader to move".into()))?;
+        if leader == to {
+            return Ok(());
+        }
         let target = self
             .member_id(to)
             .await

@@ -26,6 +26,23 @@ pub const QUIET_MS: (u64, u64) = (1_500, 3_000);
 pub const FAULT_MS: (u64, u64) = (3_000, 6_000);
 /// Time at the end of the run kept free of faults, in ms.
 pub const TAIL_QUIET_MS: u64 = 2_000;
+/// How long a fault aimed at the leader waits for there to be one (after a
+/// crash of every member, an election is still under way).
+pub const LEADER_WAIT: Duration = Duration::from_secs(5);
+
+/// The leader, waiting up to [`LEADER_WAIT`] for one.
+async fn find_leader(c: &mut Cluster) -> Option<usize> {
+    let deadline = Instant::now() + LEADER_WAIT;
+    loop {
+        if let Some(l) = c.leader().await {
+            return Some(l);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
 
 /// The families of faults `--nemesis` can name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -309,7 +326,7 @@ async fn start(c: &mut Cluster, fault: &Fault) -> (String, Result<Resolved, Stri
         }
         Fault::Pause { nodes, scope } => {
             let targets = if scope == "leader" {
-                match c.leader().await {
+                match find_leader(c).await {
                     Some(l) => vec![l],
                     None => return ("no leader found".into(), Err("no leader to pause".into())),
                 }
@@ -326,7 +343,7 @@ async fn start(c: &mut Cluster, fault: &Fault) -> (String, Result<Resolved, Stri
         Fault::Partition { kind, cut } => {
             let n = c.size();
             let (cut, detail) = if kind == "isolate-leader" {
-                match c.leader().await {
+                match find_leader(c).await {
                     Some(l) => (cut_between(n, &[l]), format!("leader n{}", l + 1)),
                     None => return ("no leader found".into(), Err("no leader to isolate".into())),
                 }
@@ -353,7 +370,7 @@ async fn start(c: &mut Cluster, fault: &Fault) -> (String, Result<Resolved, Stri
         }
         Fault::LeaderTransfer { to } => {
             // The drawn target, or the next member if that one leads already.
-            let to = match c.leader().await {
+            let to = match find_leader(c).await {
                 Some(l) if l == *to => (to + 1) % c.size(),
                 _ => *to,
             };
