@@ -6,8 +6,10 @@
 //! (nftables drop rules in the members' namespaces), membership changes (the
 //! etcd Cluster API), leader transfer (MoveLeader), and slow links (a `tbf`
 //! bandwidth limit on a member's veth). What cannot: `netem` (delay, loss,
-//! reordering) is not in these kernels, and there is no per-process disk
-//! throttle (no cgroup v2 io controller), so there is no slow-disk fault.
+//! reordering) is not in these kernels, and there is no working per-process
+//! disk throttle (no cgroup v2 io controller; cgroup v1 blkio throttling
+//! accepts limits but does not slow fsync on the virtio disk), so there is no
+//! slow-disk fault.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
