@@ -7,20 +7,20 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum Error {
     /// A file could not be read or written.
-    #[error("cairn-jepsen: {path}: {source}")]
+    #[error("cairn-jepsen: {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, so not also a `source`).
+        cause: std::io::Error,
     },
     /// A JSON file could not be written or read as a whole.
-    #[error("cairn-jepsen: {path}: {source}")]
+    #[error("cairn-jepsen: {path}: {cause}")]
     Json {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: serde_json::Error,
+        /// The cause (in the message, so not also a `source`).
+        cause: serde_json::Error,
     },
     /// A line of a JSON-lines file did not parse.
     #[error("cairn-jepsen: {path}:{line}: {message}")]
@@ -50,11 +50,11 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Error {
-        Error::Io { path: path.to_path_buf(), source }
+        Error::Io { path: path.to_path_buf(), cause: source }
     }
 
     pub(crate) fn json(path: &Path, source: serde_json::Error) -> Error {
-        Error::Json { path: path.to_path_buf(), source }
+        Error::Json { path: path.to_path_buf(), cause: source }
     }
 }
 

@@ -81,7 +81,12 @@ pub fn check(ops: &[Op]) -> CheckResult {
         }
         max_token = Some((token, *rev, value.clone()));
     }
-    let stats = json!({"acquisitions": granted.len(), "acked_guarded_writes": acked.len(),
+    // Guarded writes the fence refused: evidence that holders did lose the lock.
+    let fenced = ops
+        .iter()
+        .filter(|o| matches!((&o.op, o.outcome), (OpKind::GuardedWrite { succeeded: Some(false), .. }, Outcome::Ok)))
+        .count();
+    let stats = json!({"acquisitions": granted.len(), "acked_guarded_writes": acked.len(), "fenced_writes": fenced,
         "resource_versions": sequence.len(), "resource_history_read": history.is_some()});
     CheckResult::from_anomalies(anomalies, stats)
 }

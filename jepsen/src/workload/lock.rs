@@ -75,10 +75,11 @@ pub async fn run(ctx: &Ctx) {
             while !ctx.done() && alive.load(Ordering::Relaxed) {
                 let node = rng.random_range(0..ctx.channels.len());
                 match acquire(&ctx, client, node, lease).await {
-                    Some(token) => {
+                    Acquired::Yes(token) => {
                         hold(&ctx, client, token, &mut seq, &mut rng, &stalled).await;
                     }
-                    None => tokio::time::sleep(ctx.client_interval).await,
+                    Acquired::No => tokio::time::sleep(ctx.client_interval).await,
+                    Acquired::LeaseGone => break,
                 }
             }
             alive.store(false, Ordering::Relaxed);
@@ -133,8 +134,18 @@ async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool
     }
 }
 
-/// Tries to take the lock; the fencing token when taken.
-async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Option<i64> {
+/// The result of an acquisition attempt.
+enum Acquired {
+    /// Taken, with this fencing token.
+    Yes(i64),
+    /// Held by another client, or the attempt failed.
+    No,
+    /// The lease expired: a new one is needed.
+    LeaseGone,
+}
+
+/// Tries to take the lock.
+async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Acquired {
     let b = OpBuilder::start(ctx, client, node);
     let mut kv = KvClient::new(ctx.channels[node].clone());
     let absent = Compare {
@@ -154,11 +165,16 @@ async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Option<i64>
             let rev = r.header.map(|h| h.revision);
             let token = if r.succeeded { rev } else { None };
             b.finish(ctx, Outcome::Ok, OpKind::Acquire { lease, token }, rev, None);
-            token
+            token.map_or(Acquired::No, Acquired::Yes)
         }
         Attempt::Err { definite, message } => {
+            let gone = message.contains("requested lease not found");
             b.finish(ctx, write_outcome(definite), OpKind::Acquire { lease, token: None }, None, Some(message));
-            None
+            if gone {
+                Acquired::LeaseGone
+            } else {
+                Acquired::No
+            }
         }
     }
 }
