@@ -53,7 +53,7 @@ pub fn check(ops: &[Op]) -> CheckResult {
         })
         .collect();
 
-    // Who appended what: (key, value) -> (op index in `all`, position of the append in its txn).
+    // Who appended what: (key, value) -> index in `all`.
     let mut appender: HashMap<(&str, u64), usize> = HashMap::new();
     for (i, (o, mops)) in all.iter().enumerate() {
         for m in mops.iter() {
@@ -89,64 +89,14 @@ pub fn check(ops: &[Op]) -> CheckResult {
                 anomalies.push(json!({"type": "incompatible-order", "key": key, "op": all[*i].0.id,
                     "read": list, "longest_read": longest}));
             }
-            let mut seen = std::collections::HashSet::new();
-            if let Some(d) = list.iter().find(|v| !seen.insert(**v)) {
-                anomalies.push(
-                    json!({"type": "duplicate-elements", "key": key, "op": all[*i].0.id, "value": d, "read": list}),
-                );
-            }
-            for v in list.iter() {
-                match appender.get(&(*key, *v)) {
-                    None => anomalies.push(json!({"type": "garbage-read", "key": key, "value": v, "op": all[*i].0.id})),
-                    Some(&w) if all[w].0.outcome == Outcome::Fail => anomalies.push(json!({"type": "aborted-read",
-                        "key": key, "value": v, "op": all[*i].0.id, "writer": all[w].0.id})),
-                    Some(_) => {}
-                }
-            }
-            // Intermediate read: the list ends in an append that is not its writer's
-            // last append to this key.
-            if let Some(last) = list.last() {
-                if let Some(&w) = appender.get(&(*key, *last)) {
-                    if w != *i {
-                        let last_of_writer = all[w].1.iter().rev().find_map(|m| match m {
-                            Mop::Append { key: k, value } if k == key => Some(*value),
-                            _ => None,
-                        });
-                        if last_of_writer != Some(*last) {
-                            anomalies.push(json!({"type": "intermediate-read", "key": key, "value": last,
-                                "op": all[*i].0.id, "writer": all[w].0.id}));
-                        }
-                    }
-                }
-            }
+            read_anomalies(&all, &appender, key, *i, list, &mut anomalies);
         }
         if ok {
             order.insert(key, longest);
         }
     }
 
-    // Acknowledged appends missing from the final read of their key.
-    for (o, mops) in &all {
-        if !o.is_final || o.outcome != Outcome::Ok {
-            continue;
-        }
-        for m in mops.iter() {
-            let Mop::Read { key, value: Some(list) } = m else { continue };
-            for (w, wm) in &all {
-                if w.outcome != Outcome::Ok || w.end_ns > o.start_ns {
-                    continue;
-                }
-                for a in wm.iter() {
-                    if let Mop::Append { key: k, value } = a {
-                        if k == key && !list.contains(value) {
-                            anomalies.push(json!({"type": "lost-append", "key": key, "value": value, "op": w.id,
-                                "final_read": o.id}));
-                        }
-                    }
-                }
-            }
-        }
-    }
+    lost_appends(&all, &mut anomalies);
 
     // The graph: ok transactions, plus indeterminate ones whose appends were read.
     let included: Vec<bool> = all
@@ -207,6 +157,74 @@ pub fn check(ops: &[Op]) -> CheckResult {
     let stats = json!({"transactions": all.len(), "in_graph": included.iter().filter(|b| **b).count(),
         "edges": edges.len(), "keys": order.len()});
     CheckResult::from_anomalies(anomalies, stats)
+}
+
+/// Transactions with their micro-operations.
+type Txns<'a> = [(&'a Op, &'a [Mop])];
+
+/// Anomalies of one read, by itself: duplicates, values nobody (or only a
+/// failed transaction) appended, and intermediate reads.
+fn read_anomalies(
+    all: &Txns,
+    appender: &HashMap<(&str, u64), usize>,
+    key: &str,
+    i: usize,
+    list: &[u64],
+    anomalies: &mut Vec<serde_json::Value>,
+) {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(d) = list.iter().find(|v| !seen.insert(**v)) {
+        anomalies.push(json!({"type": "duplicate-elements", "key": key, "op": all[i].0.id, "value": d, "read": list}));
+    }
+    for v in list.iter() {
+        match appender.get(&(key, *v)) {
+            None => anomalies.push(json!({"type": "garbage-read", "key": key, "value": v, "op": all[i].0.id})),
+            Some(&w) if all[w].0.outcome == Outcome::Fail => anomalies.push(json!({"type": "aborted-read",
+                "key": key, "value": v, "op": all[i].0.id, "writer": all[w].0.id})),
+            Some(_) => {}
+        }
+    }
+    // Intermediate read: the list ends in an append that is not its writer's
+    // last append to this key.
+    if let Some(last) = list.last() {
+        if let Some(&w) = appender.get(&(key, *last)) {
+            if w != i {
+                let last_of_writer = all[w].1.iter().rev().find_map(|m| match m {
+                    Mop::Append { key: k, value } if k == key => Some(*value),
+                    _ => None,
+                });
+                if last_of_writer != Some(*last) {
+                    anomalies.push(json!({"type": "intermediate-read", "key": key, "value": last,
+                        "op": all[i].0.id, "writer": all[w].0.id}));
+                }
+            }
+        }
+    }
+}
+
+/// Acknowledged appends missing from the final read of their key.
+fn lost_appends(all: &Txns, anomalies: &mut Vec<serde_json::Value>) {
+    for (o, mops) in all {
+        if !o.is_final || o.outcome != Outcome::Ok {
+            continue;
+        }
+        for m in mops.iter() {
+            let Mop::Read { key, value: Some(list) } = m else { continue };
+            for (w, wm) in all {
+                if w.outcome != Outcome::Ok || w.end_ns > o.start_ns {
+                    continue;
+                }
+                for a in wm.iter() {
+                    if let Mop::Append { key: k, value } = a {
+                        if k == key && !list.contains(value) {
+                            anomalies.push(json!({"type": "lost-append", "key": key, "value": value, "op": w.id,
+                                "final_read": o.id}));
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Adds an edge from each ok transaction to the transactions that began after
