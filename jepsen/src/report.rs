@@ -15,6 +15,9 @@ pub const FONT_PATHS: [&str; 2] =
 
 const PLOT_WIDTH: u32 = 1000;
 const PLOT_HEIGHT: u32 = 320;
+/// Acknowledged operations drawn in the latency plot at most (every k-th one
+/// beyond that; failed and indeterminate ones are always drawn).
+const LATENCY_POINTS_MAX: usize = 20_000;
 /// Anomalies shown in the report per checker (all are in results.json).
 const ANOMALIES_SHOWN_MAX: usize = 20;
 
@@ -67,10 +70,13 @@ fn latency_svg(ops: &[Op], shaded: &[(f64, f64, String)], t_max: f64) -> Result<
                 )))
                 .map_err(|e| e.to_string())?;
         }
+        let ok_count = ops.iter().filter(|o| o.outcome == Outcome::Ok).count();
+        let stride = ok_count.div_ceil(LATENCY_POINTS_MAX).max(1);
         for outcome in [Outcome::Ok, Outcome::Fail, Outcome::Info] {
             let color = outcome_color(outcome);
+            let every = if outcome == Outcome::Ok { stride } else { 1 };
             chart
-                .draw_series(ops.iter().filter(|o| o.outcome == outcome).map(|o| {
+                .draw_series(ops.iter().filter(|o| o.outcome == outcome).step_by(every).map(|o| {
                     let lat = ((o.end_ns - o.start_ns) as f64 / 1e6).max(0.1);
                     Circle::new((o.start_ns as f64 / 1e9, lat), 2, color.filled())
                 }))
