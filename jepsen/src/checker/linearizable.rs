@@ -47,6 +47,7 @@ fn step(state: State, op: RegOp) -> Option<State> {
 #[derive(Clone, Debug)]
 struct LinOp {
     id: u64,
+    node: usize,
     call: u64,
     /// `u64::MAX` for indeterminate operations.
     ret: u64,
@@ -69,7 +70,7 @@ pub fn check(ops: &[Op]) -> CheckResult {
             _ => continue,
         };
         let ret = if o.outcome == Outcome::Info { u64::MAX } else { o.end_ns };
-        per_key.entry(key.as_str()).or_default().push(LinOp { id: o.id, call: o.start_ns, ret, op });
+        per_key.entry(key.as_str()).or_default().push(LinOp { id: o.id, node: o.node, call: o.start_ns, ret, op });
     }
     let mut anomalies = Vec::new();
     let keys = per_key.len();
@@ -98,7 +99,7 @@ fn describe(op: &LinOp) -> serde_json::Value {
         RegOp::Write(v) => json!({"f": "write", "value": v}),
         RegOp::Cas { from, to, ok } => json!({"f": "cas", "from": from, "to": to, "succeeded": ok}),
     };
-    json!({"id": op.id, "op": f, "start_ns": op.call, "end_ns": if op.ret == u64::MAX { None } else { Some(op.ret) }})
+    json!({"id": op.id, "node": format!("n{}", op.node + 1), "op": f, "start_ns": op.call, "end_ns": if op.ret == u64::MAX { None } else { Some(op.ret) }})
 }
 
 /// Stands for every value that no read and no compare-and-set ever observed.
