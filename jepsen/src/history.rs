@@ -104,6 +104,11 @@ pub enum OpKind {
         /// Fencing token released.
         token: i64,
     },
+    /// A watch created without a start revision; the op's `revision` is the
+    /// created response's header revision (where the watch starts).
+    WatchCreate,
+    /// A progress request on a watch stream; the op's `revision` is the answer.
+    WatchProgress,
     /// Read at the end of the lock workload: every version the resource key ever had.
     ResourceHistory {
         /// `(mod_revision, value)` in revision order.

@@ -176,8 +176,50 @@ pub fn check(ops: &[Op], records: &[WatchRecord]) -> CheckResult {
             }
         }
     }
-    let stats = json!({"watchers": watchers.len(), "final_revision": final_rev, "acked_writes": acked.len()});
+    let probes = stale_starts(ops, &mut anomalies);
+    let stats = json!({"watchers": watchers.len(), "final_revision": final_rev, "acked_writes": acked.len(),
+        "start_and_progress_probes": probes});
     CheckResult::from_anomalies(anomalies, stats)
+}
+
+/// A watch created without a start revision, and a progress request, must
+/// answer a revision at or after every write acknowledged before they were
+/// sent (Cairn's linearizable watch start and progress). Returns how many
+/// answers were checked.
+fn stale_starts(ops: &[Op], anomalies: &mut Vec<serde_json::Value>) -> usize {
+    // Acknowledged writes by completion time, with the highest revision so far.
+    let mut acks: Vec<(u64, i64, u64)> = ops
+        .iter()
+        .filter(|o| matches!(o.op, OpKind::MultiPut { .. }) && o.outcome == Outcome::Ok)
+        .filter_map(|o| o.revision.map(|r| (o.end_ns, r, o.id)))
+        .collect();
+    acks.sort();
+    let mut prefix_max: Vec<(i64, u64)> = Vec::with_capacity(acks.len());
+    for (_, r, id) in &acks {
+        let best = prefix_max.last().copied().filter(|(m, _)| m >= r).unwrap_or((*r, *id));
+        prefix_max.push(best);
+    }
+    let mut checked = 0;
+    for o in ops {
+        let kind = match o.op {
+            OpKind::WatchCreate => "stale-watch-start",
+            OpKind::WatchProgress => "stale-progress",
+            _ => continue,
+        };
+        let (Outcome::Ok, Some(answer)) = (o.outcome, o.revision) else { continue };
+        checked += 1;
+        let before = acks.partition_point(|(end, _, _)| *end < o.start_ns);
+        if before == 0 {
+            continue;
+        }
+        let (max_rev, writer) = prefix_max[before - 1];
+        if answer < max_rev {
+            anomalies
+                .push(json!({"type": kind, "op": o.id, "node": format!("n{}", o.node + 1), "start_ns": o.start_ns,
+                "answered_revision": answer, "acknowledged_revision": max_rev, "write": writer}));
+        }
+    }
+    checked
 }
 
 fn change_of(e: &WatchEvent) -> Change {
@@ -323,5 +365,35 @@ mod tests {
         // different writes cannot both be revision 3.
         let res = check(&ops(), &recs);
         assert_eq!(res.anomaly_types(), vec!["watchers-disagree"]);
+    }
+
+    #[test]
+    fn stale_watch_start_and_progress_are_flagged() {
+        let probe = |id, start, kind: OpKind, rev| Op {
+            id,
+            client: 9,
+            node: 1,
+            start_ns: start,
+            end_ns: start + 1,
+            outcome: Outcome::Ok,
+            op: kind,
+            revision: Some(rev),
+            error: None,
+            is_final: false,
+        };
+        let recs = vec![
+            resp(0, vec![ev(2, "a", "1"), ev(2, "b", "2")]),
+            resp(0, vec![ev(3, "a", "3")]),
+            resp(0, vec![ev(4, "c", "4")]),
+            WatchRecord::Final { revision: 4 },
+        ];
+        // Write 3 (revision 4) was acknowledged at 35; write 1 (revision 2) at 15.
+        let mut h = ops();
+        h.push(probe(10, 20, OpKind::WatchCreate, 2));
+        h.push(probe(11, 40, OpKind::WatchProgress, 4));
+        assert!(check(&h, &recs).valid);
+        h.push(probe(12, 40, OpKind::WatchCreate, 3));
+        h.push(probe(13, 40, OpKind::WatchProgress, 2));
+        assert_eq!(check(&h, &recs).anomaly_types(), vec!["stale-progress", "stale-watch-start"]);
     }
 }

@@ -49,8 +49,85 @@ pub fn start_watchers(ctx: &Ctx) -> Watchers {
     Watchers { last, stop, handles }
 }
 
-/// Runs the writers until the deadline.
+/// Pause between two linearizable-start probes.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Runs the writers (and the start/progress prober) until the deadline.
 pub async fn run(ctx: &Ctx) {
+    let prober = tokio::spawn(probe(ctx.clone()));
+    writers(ctx).await;
+    let _ = prober.await;
+}
+
+/// Creates watches without a start revision and sends progress requests on
+/// random members, recording the revisions they answer: each must be at or
+/// after every write acknowledged before the request was sent.
+async fn probe(ctx: Ctx) {
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed ^ 0x960b_e000);
+    while !ctx.done() {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let node = rng.random_range(0..ctx.channels.len());
+        probe_once(&ctx, node).await;
+    }
+}
+
+async fn probe_once(ctx: &Ctx, node: usize) {
+    let client = u32::MAX - 1;
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    let create = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: PREFIX.as_bytes().to_vec(),
+            range_end: b"w0".to_vec(),
+            ..Default::default()
+        })),
+    };
+    let b = OpBuilder::start(ctx, client, node);
+    let _ = tx.send(create).await;
+    let mut w = WatchClient::new(ctx.channels[node].clone());
+    let created = tokio::time::timeout(ctx.op_timeout, async {
+        let mut stream = w.watch(ReceiverStream::new(rx)).await.map_err(|s| s.message().to_string())?.into_inner();
+        loop {
+            match stream.message().await.map_err(|s| s.message().to_string())? {
+                Some(r) if r.created => return Ok((stream, r.header.map(|h| h.revision))),
+                Some(_) => continue,
+                None => return Err("stream ended".to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {:?}", ctx.op_timeout)));
+    let mut stream = match created {
+        Ok((stream, rev)) => {
+            b.finish(ctx, Outcome::Ok, OpKind::WatchCreate, rev, None);
+            stream
+        }
+        Err(e) => return b.finish(ctx, Outcome::Fail, OpKind::WatchCreate, None, Some(e)),
+    };
+    let b = OpBuilder::start(ctx, client, node);
+    let progress =
+        WatchRequest { request_union: Some(watch_request::RequestUnion::ProgressRequest(Default::default())) };
+    if tx.send(progress).await.is_err() {
+        return b.finish(ctx, Outcome::Fail, OpKind::WatchProgress, None, Some("stream closed".into()));
+    }
+    // The answer is the first response without events (events may come first).
+    let answer = tokio::time::timeout(ctx.op_timeout, async {
+        loop {
+            match stream.message().await.map_err(|s| s.message().to_string())? {
+                Some(r) if r.events.is_empty() && !r.created && !r.canceled => return Ok(r.header.map(|h| h.revision)),
+                Some(_) => continue,
+                None => return Err("stream ended".to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {:?}", ctx.op_timeout)));
+    match answer {
+        Ok(rev) => b.finish(ctx, Outcome::Ok, OpKind::WatchProgress, rev, None),
+        Err(e) => b.finish(ctx, Outcome::Fail, OpKind::WatchProgress, None, Some(e)),
+    }
+}
+
+async fn writers(ctx: &Ctx) {
     let values = Arc::new(AtomicU64::new(1));
     run_clients(ctx, |ctx, client| {
         let values = values.clone();
