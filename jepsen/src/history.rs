@@ -99,6 +99,25 @@ pub enum OpKind {
         /// Whether the guard held.
         succeeded: Option<bool>,
     },
+    /// A lease grant; `lease` and `ttl` are known when it is ok.
+    LeaseGrant {
+        /// The lease granted (0 until known).
+        lease: i64,
+        /// The TTL granted, in seconds.
+        ttl: i64,
+    },
+    /// One keep-alive on a stream; `ttl` is the answer (seconds; 0 when expired).
+    KeepAlive {
+        /// The lease.
+        lease: i64,
+        /// The TTL answered.
+        ttl: Option<i64>,
+    },
+    /// A lease revoke by its holder.
+    LeaseRevoke {
+        /// The lease.
+        lease: i64,
+    },
     /// Lock release (delete guarded by the token).
     Release {
         /// Fencing token released.

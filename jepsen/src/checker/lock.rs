@@ -81,14 +81,69 @@ pub fn check(ops: &[Op]) -> CheckResult {
         }
         max_token = Some((token, *rev, value.clone()));
     }
+    let early = early_expiries(ops, &mut anomalies);
     // Guarded writes the fence refused: evidence that holders did lose the lock.
     let fenced = ops
         .iter()
         .filter(|o| matches!((&o.op, o.outcome), (OpKind::GuardedWrite { succeeded: Some(false), .. }, Outcome::Ok)))
         .count();
     let stats = json!({"acquisitions": granted.len(), "acked_guarded_writes": acked.len(), "fenced_writes": fenced,
+        "lock_handovers_checked_for_early_expiry": early,
         "resource_versions": sequence.len(), "resource_history_read": history.is_some()});
     CheckResult::from_anomalies(anomalies, stats)
+}
+
+/// A lease never expires before its holder was promised: a grant or a
+/// keep-alive sent at `s` and answered with TTL `T > 0` keeps the lease until
+/// at least `s + T` (the server renewed it no earlier than `s`). So when the
+/// next holder took the lock before that, and the previous holder had neither
+/// released the lock nor revoked its lease by then, the lock key (attached to
+/// the lease) was deleted early: the lease expired early. Returns how many
+/// handovers were checked.
+fn early_expiries(ops: &[Op], anomalies: &mut Vec<serde_json::Value>) -> usize {
+    let mut acquired: Vec<(i64, &Op, i64)> = ops
+        .iter()
+        .filter_map(|o| match (&o.op, o.outcome) {
+            (OpKind::Acquire { lease, token: Some(t) }, Outcome::Ok) => Some((*t, o, *lease)),
+            _ => None,
+        })
+        .collect();
+    acquired.sort_by_key(|a| a.0);
+    let mut checked = 0;
+    for pair in acquired.windows(2) {
+        let ((t1, _, lease), (t2, next, _)) = (pair[0], pair[1]);
+        let handover = next.end_ns;
+        let let_go = ops.iter().any(|o| {
+            o.start_ns < handover
+                && match o.op {
+                    OpKind::Release { token } => token == t1,
+                    OpKind::LeaseRevoke { lease: l } => l == lease,
+                    _ => false,
+                }
+        });
+        if let_go {
+            continue;
+        }
+        checked += 1;
+        let promise = ops
+            .iter()
+            .filter(|o| o.outcome == Outcome::Ok && o.start_ns < handover)
+            .filter_map(|o| match o.op {
+                OpKind::KeepAlive { lease: l, ttl: Some(ttl) } if l == lease && ttl > 0 => Some((o, ttl)),
+                OpKind::LeaseGrant { lease: l, ttl } if l == lease && ttl > 0 => Some((o, ttl)),
+                _ => None,
+            })
+            .map(|(o, ttl)| (o.start_ns + ttl as u64 * 1_000_000_000, o.id))
+            .max();
+        if let Some((until, promised_by)) = promise {
+            if until > handover {
+                anomalies.push(json!({"type": "lease-expired-early", "lease": lease, "token": t1, "next_token": t2,
+                    "next_holder_op": next.id, "next_acquired_by_ns": handover, "promised_until_ns": until,
+                    "promised_by_op": promised_by}));
+            }
+        }
+    }
+    checked
 }
 
 #[cfg(test)]
@@ -150,5 +205,29 @@ mod tests {
         assert_eq!(check(&h).anomaly_types(), vec!["lost-guarded-write"]);
         let h = vec![acq(1, 2), acq(2, 2)];
         assert_eq!(check(&h).anomaly_types(), vec!["token-granted-twice"]);
+    }
+
+    #[test]
+    fn lease_expiring_before_its_promise_is_flagged() {
+        let ka = |id, lease, ttl| op(id, Outcome::Ok, None, OpKind::KeepAlive { lease, ttl: Some(ttl) });
+        let mut acq1 = op(1, Outcome::Ok, Some(2), OpKind::Acquire { lease: 7, token: Some(2) });
+        acq1.start_ns = 0;
+        acq1.end_ns = 10;
+        let mut k = ka(2, 7, 2);
+        k.start_ns = 1_000_000_000; // promises the lease until 3 s
+        k.end_ns = k.start_ns + 10;
+        let mut acq2 = op(3, Outcome::Ok, Some(9), OpKind::Acquire { lease: 8, token: Some(9) });
+        acq2.start_ns = 2_000_000_000;
+        acq2.end_ns = 2_500_000_000; // the lock was free before 2.5 s
+        let h = vec![acq1.clone(), k.clone(), acq2.clone()];
+        assert_eq!(check(&h).anomaly_types(), vec!["lease-expired-early"]);
+        // Taken after the promise ran out: fine.
+        let mut late = acq2.clone();
+        late.end_ns = 3_200_000_000;
+        assert!(check(&[acq1.clone(), k.clone(), late]).valid);
+        // Released first: fine.
+        let mut rel = op(4, Outcome::Info, None, OpKind::Release { token: 2 });
+        rel.start_ns = 1_500_000_000;
+        assert!(check(&[acq1, k, acq2, rel]).valid);
     }
 }

@@ -67,7 +67,7 @@ pub async fn run(ctx: &Ctx) {
         let mut seq = 0u32;
         while !ctx.done() {
             let node = rng.random_range(0..ctx.channels.len());
-            let Some((lease, alive, stalled)) = grant(&ctx, node).await else {
+            let Some((lease, alive, stalled)) = grant(&ctx, client, node).await else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -75,16 +75,25 @@ pub async fn run(ctx: &Ctx) {
             while !ctx.done() && alive.load(Ordering::Relaxed) {
                 let node = rng.random_range(0..ctx.channels.len());
                 match acquire(&ctx, client, node, lease).await {
+                    // After holding (released or not), or an acquisition that
+                    // may have succeeded, the lease is revoked below so that a
+                    // lock key left behind does not block everyone.
                     Acquired::Yes(token) => {
                         hold(&ctx, client, token, &mut seq, &mut rng, &stalled).await;
+                        break;
                     }
                     Acquired::No => tokio::time::sleep(ctx.client_interval).await,
-                    Acquired::LeaseGone => break,
+                    Acquired::Unknown | Acquired::LeaseGone => break,
                 }
             }
             alive.store(false, Ordering::Relaxed);
+            let b = OpBuilder::start(&ctx, client, node);
             let mut l = LeaseClient::new(ctx.channels[node].clone());
-            let _ = tokio::time::timeout(ctx.op_timeout, l.lease_revoke(LeaseRevokeRequest { id: lease })).await;
+            let op = OpKind::LeaseRevoke { lease };
+            match attempt(ctx.op_timeout, l.lease_revoke(LeaseRevokeRequest { id: lease })).await {
+                Attempt::Ok(r) => b.finish(&ctx, Outcome::Ok, op, r.header.map(|h| h.revision), None),
+                Attempt::Err { definite, message } => b.finish(&ctx, write_outcome(definite), op, None, Some(message)),
+            }
         }
     })
     .await;
@@ -92,19 +101,42 @@ pub async fn run(ctx: &Ctx) {
 
 /// Grants a lease and keeps it alive in the background; `alive` turns false
 /// when a keep-alive reports it expired (or the holder gives it up).
-async fn grant(ctx: &Ctx, node: usize) -> Option<(i64, Arc<AtomicBool>, Arc<AtomicBool>)> {
+async fn grant(ctx: &Ctx, client: u32, node: usize) -> Option<(i64, Arc<AtomicBool>, Arc<AtomicBool>)> {
+    let b = OpBuilder::start(ctx, client, node);
     let mut l = LeaseClient::new(ctx.channels[node].clone());
-    let resp = match attempt(ctx.op_timeout, l.lease_grant(LeaseGrantRequest { ttl: LEASE_TTL_SECONDS, id: 0 })).await {
-        Attempt::Ok(r) if r.error.is_empty() => r,
-        _ => return None,
+    let req = LeaseGrantRequest { ttl: LEASE_TTL_SECONDS, id: 0 };
+    let resp = match attempt(ctx.op_timeout, l.lease_grant(req)).await {
+        Attempt::Ok(r) if r.error.is_empty() => {
+            let op = OpKind::LeaseGrant { lease: r.id, ttl: r.ttl };
+            b.finish(ctx, Outcome::Ok, op, r.header.as_ref().map(|h| h.revision), None);
+            r
+        }
+        Attempt::Ok(r) => {
+            let op = OpKind::LeaseGrant { lease: 0, ttl: 0 };
+            b.finish(ctx, Outcome::Fail, op, None, Some(r.error));
+            return None;
+        }
+        Attempt::Err { definite, message } => {
+            // A lease granted without our knowing is never used: no harm.
+            let op = OpKind::LeaseGrant { lease: 0, ttl: 0 };
+            b.finish(ctx, write_outcome(definite), op, None, Some(message));
+            return None;
+        }
     };
     let alive = Arc::new(AtomicBool::new(true));
     let stalled = Arc::new(AtomicBool::new(false));
-    tokio::spawn(keep_alive(ctx.clone(), node, resp.id, alive.clone(), stalled.clone()));
+    tokio::spawn(keep_alive(ctx.clone(), client, node, resp.id, alive.clone(), stalled.clone()));
     Some((resp.id, alive, stalled))
 }
 
-async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool>, stalled: Arc<AtomicBool>) {
+async fn keep_alive(
+    ctx: Ctx,
+    client: u32,
+    mut node: usize,
+    lease: i64,
+    alive: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
+) {
     while alive.load(Ordering::Relaxed) {
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut l = LeaseClient::new(ctx.channels[node].clone());
@@ -116,16 +148,36 @@ async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool
                     tokio::time::sleep(KEEPALIVE_INTERVAL).await;
                     continue;
                 }
+                let b = OpBuilder::start(&ctx, client, node);
                 if tx.send(LeaseKeepAliveRequest { id: lease }).await.is_err() {
+                    b.finish(
+                        &ctx,
+                        Outcome::Fail,
+                        OpKind::KeepAlive { lease, ttl: None },
+                        None,
+                        Some("stream closed".into()),
+                    );
                     break;
                 }
                 match tokio::time::timeout(ctx.op_timeout, stream.message()).await {
-                    Ok(Ok(Some(r))) if r.ttl <= 0 => {
-                        alive.store(false, Ordering::Relaxed);
-                        return;
+                    Ok(Ok(Some(r))) => {
+                        let op = OpKind::KeepAlive { lease, ttl: Some(r.ttl) };
+                        b.finish(&ctx, Outcome::Ok, op, r.header.map(|h| h.revision), None);
+                        if r.ttl <= 0 {
+                            alive.store(false, Ordering::Relaxed);
+                            return;
+                        }
+                        tokio::time::sleep(KEEPALIVE_INTERVAL).await
                     }
-                    Ok(Ok(Some(_))) => tokio::time::sleep(KEEPALIVE_INTERVAL).await,
-                    _ => break,
+                    other => {
+                        let msg = match other {
+                            Ok(Err(s)) => format!("{:?}: {}", s.code(), s.message()),
+                            Ok(Ok(None)) => "stream ended".to_string(),
+                            _ => format!("no answer within {:?}", ctx.op_timeout),
+                        };
+                        b.finish(&ctx, Outcome::Info, OpKind::KeepAlive { lease, ttl: None }, None, Some(msg));
+                        break;
+                    }
                 }
             }
         }
@@ -138,8 +190,10 @@ async fn keep_alive(ctx: Ctx, mut node: usize, lease: i64, alive: Arc<AtomicBool
 enum Acquired {
     /// Taken, with this fencing token.
     Yes(i64),
-    /// Held by another client, or the attempt failed.
+    /// Held by another client, or the attempt certainly failed.
     No,
+    /// The attempt may or may not have taken the lock.
+    Unknown,
     /// The lease expired: a new one is needed.
     LeaseGone,
 }
@@ -172,8 +226,10 @@ async fn acquire(ctx: &Ctx, client: u32, node: usize, lease: i64) -> Acquired {
             b.finish(ctx, write_outcome(definite), OpKind::Acquire { lease, token: None }, None, Some(message));
             if gone {
                 Acquired::LeaseGone
-            } else {
+            } else if definite {
                 Acquired::No
+            } else {
+                Acquired::Unknown
             }
         }
     }
