@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{ClusterState, Config};
 use crate::mvcc::decode_meta;
-use crate::raft::{Member, NodeId, StoredMembership};
+use crate::raft::{ClusterView, Member, NodeId, StoredMembership};
 use crate::schema::{self, identity_keys, meta_keys, CF_IDENTITY};
 
 /// Who this member is, written once when its data directory is created.
@@ -33,8 +33,12 @@ pub enum BootstrapError {
     PeerUrlsMismatch { name: String, stored: String, configured: String },
     #[error("bootstrap: data directory {dir} has no member identity; it was not created by Cairn or its creation was interrupted. Move it away to start a new member")]
     NotCairn { dir: String },
-    #[error("bootstrap: --initial-cluster-state existing with an empty data directory {dir}: joining a running cluster needs its member ID from the cluster (the Cluster API's MemberAdd), which this version does not provide yet")]
-    JoinUnsupported { dir: String },
+    #[error("bootstrap: cannot join the cluster: no member listed in --initial-cluster ({peers}) answered: {reason}")]
+    NoPeerAnswered { peers: String, reason: String },
+    #[error("bootstrap: the cluster has no member with this member's peer URLs ({urls}); add it first (etcdctl member add <name> --peer-urls={urls}), then start it with --initial-cluster-state existing")]
+    NotAdded { urls: String },
+    #[error("bootstrap: member {id:x} (peer URLs {urls}) was removed from the cluster; a removed member cannot rejoin: add a new member and start it with an empty data directory")]
+    Removed { id: u64, urls: String },
     #[error("bootstrap: storage: {0}")]
     Storage(#[from] rocksdb::Error),
 }
@@ -73,28 +77,128 @@ pub fn initial_members(config: &Config) -> BTreeMap<NodeId, Member> {
         .map(|(name, urls)| {
             let id = member_id(urls, &config.initial_cluster_token);
             let client_urls = if *name == config.name { config.advertise_client_urls.clone() } else { Vec::new() };
-            (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls })
+            (id, Member { name: name.clone(), peer_urls: urls.clone(), client_urls, pending_voter: false })
         })
         .collect()
 }
 
-/// What the configuration says this member's identity is.
-fn configured_identity(config: &Config) -> Identity {
+/// The ID of a cluster restored from a backup with SHA-256 `digest`.
+pub fn restored_cluster_id(member_ids: impl IntoIterator<Item = NodeId>, token: &str, digest: &[u8]) -> u64 {
+    let mut ids: Vec<NodeId> = member_ids.into_iter().collect();
+    ids.sort();
+    let ids: Vec<u8> = ids.iter().flat_map(|id| id.to_be_bytes()).collect();
+    hash_u64(&[b"cairn-restored-cluster", &ids, token.as_bytes(), digest])
+}
+
+/// Creates the identity of a member restored from a backup (see [`crate::restore`]).
+pub fn create_restored(db: &DB, config: &Config, digest: [u8; 32]) -> Result<Identity, BootstrapError> {
+    let identity = configured_identity(config, Some(&digest));
+    let mut batch = WriteBatch::default();
+    let cf = schema::cf(db, CF_IDENTITY);
+    batch.put_cf(
+        cf,
+        identity_keys::IDENTITY,
+        bincode::serialize(&identity).expect("bincode encoding of an in-memory value cannot fail"),
+    );
+    batch.put_cf(cf, identity_keys::RESTORED_FROM, digest);
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)?;
+    Ok(identity)
+}
+
+/// What the configuration says this member's identity is (`restored_from`: the
+/// digest of the backup the member was restored from).
+fn configured_identity(config: &Config, restored_from: Option<&[u8]>) -> Identity {
     let members = initial_members(config);
+    let ids = members.keys().copied();
     Identity {
-        cluster_id: cluster_id(members.keys().copied(), &config.initial_cluster_token),
+        cluster_id: match restored_from {
+            Some(digest) => restored_cluster_id(ids, &config.initial_cluster_token, digest),
+            None => cluster_id(ids, &config.initial_cluster_token),
+        },
         member_id: member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token),
         name: config.name.clone(),
         cluster_token: config.initial_cluster_token.clone(),
     }
 }
 
-/// Reads this member's identity from its database, or creates it for a new member.
-/// Returns the identity and whether the member is new (and must form the cluster).
-pub fn load_or_create(db: &DB, dir: &Path, config: &Config) -> Result<(Identity, bool), BootstrapError> {
+/// Whether this member must learn its identity from a running cluster: it joins one
+/// (`--initial-cluster-state existing`) and has no identity yet.
+pub fn must_join(db: &DB, config: &Config) -> Result<bool, BootstrapError> {
+    Ok(config.initial_cluster_state == ClusterState::Existing
+        && db.get_cf(schema::cf(db, CF_IDENTITY), identity_keys::IDENTITY)?.is_none())
+}
+
+/// Asks the members named in `--initial-cluster` for the cluster's membership and
+/// finds this member in it by its peer URLs (as etcd does); returns the cluster ID
+/// and this member's ID, assigned by MemberAdd.
+pub async fn discover(config: &Config) -> Result<(u64, NodeId), BootstrapError> {
+    use cairn_proto::peer::peer_client::PeerClient;
+    use cairn_proto::peer::PeerMessage;
+
+    let mine = {
+        let mut urls = config.initial_advertise_peer_urls.clone();
+        urls.sort();
+        urls
+    };
+    let peers: Vec<&String> = config
+        .initial_cluster
+        .iter()
+        .filter(|(name, _)| **name != config.name)
+        .flat_map(|(_, urls)| urls.iter())
+        .collect();
+    let mut last_error = "no other member is listed".to_string();
+    for url in &peers {
+        let attempt = async {
+            let mut client = PeerClient::connect((*url).clone()).await.map_err(|e| e.to_string())?;
+            let reply = client
+                .members(PeerMessage { cluster_id: 0, from: 0, payload: Vec::new() })
+                .await
+                .map_err(|e| e.message().to_string())?;
+            bincode::deserialize::<ClusterView>(&reply.into_inner().payload).map_err(|e| e.to_string())
+        };
+        let view = match tokio::time::timeout(std::time::Duration::from_secs(5), attempt).await {
+            Ok(Ok(view)) => view,
+            Ok(Err(e)) => {
+                last_error = format!("{url}: {e}");
+                continue;
+            }
+            Err(_) => {
+                last_error = format!("{url}: no answer within 5 s");
+                continue;
+            }
+        };
+        let found = view.members.iter().find(|m| {
+            let mut urls = m.member.peer_urls.clone();
+            urls.sort();
+            urls == mine
+        });
+        return match found {
+            Some(m) if view.removed.contains(&m.id) => Err(BootstrapError::Removed { id: m.id, urls: mine.join(",") }),
+            Some(m) => Ok((view.cluster_id, m.id)),
+            None => Err(BootstrapError::NotAdded { urls: mine.join(",") }),
+        };
+    }
+    Err(BootstrapError::NoPeerAnswered {
+        peers: peers.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(","),
+        reason: last_error,
+    })
+}
+
+/// Reads this member's identity from its database, or creates it for a new member
+/// (`joined`: the cluster and member IDs [`discover`] found for a joining member).
+/// Returns the identity and whether the member is new.
+pub fn load_or_create(
+    db: &DB,
+    dir: &Path,
+    config: &Config,
+    joined: Option<(u64, NodeId)>,
+) -> Result<(Identity, bool), BootstrapError> {
     let dir_name = dir.display().to_string();
     let stored = db.get_cf(schema::cf(db, CF_IDENTITY), identity_keys::IDENTITY)?;
-    let configured = configured_identity(config);
+    let restored_from = db.get_cf(schema::cf(db, CF_IDENTITY), identity_keys::RESTORED_FROM)?;
+    let configured = configured_identity(config, restored_from.as_deref());
     if let Some(bytes) = stored {
         let stored: Identity =
             bincode::deserialize(&bytes).unwrap_or_else(|e| panic!("corrupt member identity in {dir_name}: {e}"));
@@ -125,9 +229,10 @@ pub fn load_or_create(db: &DB, dir: &Path, config: &Config) -> Result<(Identity,
     if has_raft_state(db)? {
         return Err(BootstrapError::NotCairn { dir: dir_name });
     }
-    if config.initial_cluster_state == ClusterState::Existing {
-        return Err(BootstrapError::JoinUnsupported { dir: dir_name });
-    }
+    let configured = match joined {
+        Some((cluster_id, member_id)) => Identity { cluster_id, member_id, ..configured },
+        None => configured,
+    };
     let mut batch = WriteBatch::default();
     batch.put_cf(
         schema::cf(db, CF_IDENTITY),

@@ -10,9 +10,10 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits::{
-    ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT, LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT,
-    REQUEST_BYTES_MAX_DEFAULT, REQUEST_TIMEOUT_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT,
-    TXN_OPS_MAX_DEFAULT, WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
+    CORRUPT_CHECK_INTERVAL_MS_DEFAULT, ELECTION_TIMEOUT_MS_DEFAULT, HEARTBEAT_INTERVAL_MS_DEFAULT,
+    LEASE_CHECKPOINT_INTERVAL_MS_DEFAULT, QUOTA_BACKEND_BYTES_DEFAULT, REQUEST_BYTES_MAX_DEFAULT,
+    REQUEST_TIMEOUT_MS_DEFAULT, SNAPSHOT_CATCHUP_ENTRIES_DEFAULT, SNAPSHOT_ENTRIES_DEFAULT, TXN_OPS_MAX_DEFAULT,
+    WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT,
 };
 use crate::raft::RaftSettings;
 
@@ -100,6 +101,15 @@ settings! {
     /// Serve linearizable reads from the leader's lease instead of a ReadIndex round;
     /// assumes member clocks run at rates within 30% of each other [default: false]
     lease_reads: bool = Some(false), "CAIRN_LEASE_READS", "true|false";
+    /// Refuse membership changes that could cost quorum (adding a voter while a voter
+    /// is down, removing one when the rest would lack quorum) [default: true]
+    strict_reconfig_check: bool = Some(true), "CAIRN_STRICT_RECONFIG_CHECK", "true|false";
+    /// Database size in bytes above which the NOSPACE alarm is raised and writes are
+    /// refused until space is freed and the alarm disarmed [default: 8589934592]
+    quota_backend_bytes: u64 = Some(QUOTA_BACKEND_BYTES_DEFAULT), "CAIRN_QUOTA_BACKEND_BYTES", "BYTES";
+    /// How often the leader compares the members' HashKV and raises the CORRUPT alarm
+    /// on a mismatch, in milliseconds; 0 turns the check off [default: 300000]
+    corrupt_check_interval: u64 = Some(CORRUPT_CHECK_INTERVAL_MS_DEFAULT), "CAIRN_CORRUPT_CHECK_INTERVAL", "MS";
     /// Interval of progress notifications to watchers that ask for them, in milliseconds [default: 600000]
     watch_progress_notify_interval: u64 = Some(WATCH_PROGRESS_NOTIFY_INTERVAL_MS_DEFAULT), "CAIRN_WATCH_PROGRESS_NOTIFY_INTERVAL", "MS";
     /// How often the leader commits every lease's remaining TTL through Raft, so that a
@@ -152,6 +162,10 @@ pub struct Config {
     pub lease_checkpoint_interval: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Database size above which NOSPACE is raised.
+    pub quota_backend_bytes: u64,
+    /// How often the leader compares members' hashes; `None` when off.
+    pub corrupt_check_interval: Option<Duration>,
 }
 
 impl Config {
@@ -269,6 +283,7 @@ impl Config {
                     m.request_timeout.expect("defaulted"),
                 )?),
                 lease_reads: m.lease_reads.expect("defaulted"),
+                strict_reconfig_check: m.strict_reconfig_check.expect("defaulted"),
             },
             watch_progress_notify_interval: Duration::from_millis(positive(
                 "watch-progress-notify-interval",
@@ -280,6 +295,11 @@ impl Config {
             )?),
             log_level,
             log_format,
+            quota_backend_bytes: positive("quota-backend-bytes", m.quota_backend_bytes.expect("defaulted"))?,
+            corrupt_check_interval: match m.corrupt_check_interval.expect("defaulted") {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
         })
     }
 }

@@ -17,6 +17,7 @@ pub mod lease;
 pub mod limits;
 pub mod mvcc;
 pub mod raft;
+pub mod restore;
 pub mod schema;
 pub mod server;
 pub mod watch;

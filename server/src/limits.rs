@@ -53,6 +53,44 @@ pub const APPEND_ENTRIES_BYTES_MAX: u64 = 2 * 1024 * 1024;
 /// Bytes of snapshot sent in one InstallSnapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// Bytes of state written per RocksDB batch while a snapshot is imported, so that
+/// installing a snapshot of any size takes bounded memory.
+pub const SNAPSHOT_IMPORT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// How long one InstallSnapshot RPC may take. The last chunk's RPC also covers the
+/// receiver importing the whole snapshot, so this is generous.
+pub const SNAPSHOT_INSTALL_TIMEOUT_MS: u64 = 300_000;
+
+/// Most learners at once (etcd's default `--max-learners`).
+pub const LEARNERS_MAX: usize = 1;
+
+/// A learner may be promoted once its log reaches this share (in percent) of the
+/// leader's (etcd's rule).
+pub const LEARNER_READY_PERCENT: u64 = 90;
+
+/// How long the leader waits for a member to answer a liveness probe before a
+/// membership change.
+pub const MEMBER_PROBE_TIMEOUT_MS: u64 = 1_000;
+
+/// How often the leader looks for new voters (added as learners) that have caught up.
+pub const PENDING_VOTER_CHECK_INTERVAL_MS: u64 = 500;
+
+/// How long a leadership transfer waits for the target to catch up with the log.
+pub const LEADER_TRANSFER_CATCHUP_MS_MAX: u64 = 5_000;
+
+/// Default database size quota (etcd's `--quota-backend-bytes` defaults to 2 GiB;
+/// RocksDB reclaims space in the background, so Cairn allows more).
+pub const QUOTA_BACKEND_BYTES_DEFAULT: u64 = 8 * 1024 * 1024 * 1024;
+
+/// Default interval of the leader's cross-member hash comparison.
+pub const CORRUPT_CHECK_INTERVAL_MS_DEFAULT: u64 = 300_000;
+
+/// Bytes per message when a backup (Maintenance.Snapshot) is streamed to a client.
+pub const BACKUP_STREAM_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// How long the database size measured for the quota check is reused.
+pub const QUOTA_CHECK_INTERVAL_MS: u64 = 100;
+
 /// Most pending log flushes merged into one fsync by the group committer.
 pub const LOG_FLUSH_BATCH_MAX: usize = 4_096;
 

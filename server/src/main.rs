@@ -2,10 +2,16 @@
 
 use std::process::ExitCode;
 
-use cairn_server::config::{Config, LogFormat};
+use std::path::PathBuf;
+
+use cairn_server::config::{Config, Flags, LogFormat};
+use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("restore") {
+        return restore();
+    }
     let config = match Config::from_args() {
         Ok(c) => c,
         Err(e) => {
@@ -26,6 +32,48 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("cairn: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `cairn restore BACKUP [member flags]`.
+#[derive(Parser, Debug)]
+#[command(
+    name = "cairn restore",
+    about = "Turns a backup (etcdctl snapshot save, or Maintenance.Snapshot) into the data directory of one member of a NEW cluster.\n\nRun it once per member, each with its own --name, --initial-advertise-peer-urls and --data-dir, and the same --initial-cluster and --initial-cluster-token; then start each member with the same flags. Every key, value, revision and lease of the backup is kept; the old cluster's membership, alarms and Raft log are not, and the new cluster gets a new cluster ID."
+)]
+struct RestoreArgs {
+    /// The backup file.
+    backup: PathBuf,
+    #[command(flatten)]
+    flags: Flags,
+}
+
+fn restore() -> ExitCode {
+    let args = RestoreArgs::parse_from(std::env::args().skip(1));
+    let config = match Config::from_flags(args.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairn restore: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cairn_server::restore::restore(&args.backup, &config) {
+        Ok(r) => {
+            println!(
+                "restored {} ({} bytes) at revision {} into {}: member {:x} of new cluster {:x}",
+                args.backup.display(),
+                r.bytes,
+                r.revision,
+                config.data_dir.display(),
+                r.member_id,
+                r.cluster_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cairn restore: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -59,11 +59,18 @@ pub mod meta_keys {
     pub const COMPACT_FINISHED: &[u8] = b"compact_finished";
     /// Leases granted so far (u64, big endian): each grant's sequence number.
     pub const LEASE_GRANTS: &[u8] = b"lease_grants";
+    /// IDs of members removed from the cluster (bincode `BTreeSet<u64>`): never reused,
+    /// and their messages are refused.
+    pub const REMOVED_MEMBERS: &[u8] = b"removed_members";
+    /// Raised alarms (bincode `BTreeSet<(member id, AlarmKind)>`).
+    pub const ALARMS: &[u8] = b"alarms";
 }
 
 /// Keys in [`CF_IDENTITY`].
 pub mod identity_keys {
     pub const IDENTITY: &[u8] = b"identity";
+    /// SHA-256 of the backup a restored member was created from.
+    pub const RESTORED_FROM: &[u8] = b"restored_from";
 }
 
 /// Opens (creating if needed) the member's database with every column family.

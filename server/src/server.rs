@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
 use cairn_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -16,9 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{Api, ApiLimits, KvService, LeaseService, MaintenanceService, UnimplementedLayer, WatchService};
+use crate::api::{
+    Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, UnimplementedLayer, WatchService,
+};
 use crate::bootstrap;
-use crate::config::{url_authority, Config};
+use crate::config::{url_authority, ClusterState, Config};
 use crate::lease::{LeaseSettings, Lessor};
 use crate::limits::{CLIENT_STREAMS_PER_CONNECTION_MAX, GRPC_OVERHEAD_BYTES, RESPONSE_BYTES_MAX};
 use crate::mvcc::KvStore;
@@ -26,8 +29,10 @@ use crate::raft::{PeerService, RaftNode};
 use crate::schema;
 use crate::watch::WatchHub;
 
-const DB_DIR: &str = "db";
-const SNAPSHOT_DIR: &str = "snap";
+/// The RocksDB directory inside a data directory.
+pub const DB_DIR: &str = "db";
+/// The Raft snapshot (and backup scratch) directory inside a data directory.
+pub const SNAPSHOT_DIR: &str = "snap";
 
 /// Runs a member until it is asked to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -35,7 +40,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     check_data_dir(dir)?;
     let db =
         schema::open_db(&dir.join(DB_DIR)).with_context(|| format!("opening the database in {}", dir.display()))?;
-    let (identity, fresh) = bootstrap::load_or_create(&db, dir, &config)?;
+    let joined = if bootstrap::must_join(&db, &config)? { Some(bootstrap::discover(&config).await?) } else { None };
+    let (identity, fresh) = bootstrap::load_or_create(&db, dir, &config, joined)?;
     let store = KvStore::open(db.clone());
     let settings = config.raft.clone();
     let node =
@@ -60,22 +66,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let router = tonic::transport::Server::builder().add_service(peer);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }
-    if fresh {
+    // A new member of a new cluster forms it (also after a crash between creating
+    // its identity and forming the cluster); a joining member waits for the leader.
+    let formed = node.raft.is_initialized().await.context("reading raft state")?;
+    if !formed && config.initial_cluster_state == ClusterState::New {
         node.bootstrap(bootstrap::initial_members(&config)).await.context("forming the cluster")?;
+    }
+    tokio::spawn(node.clone().publish(config.name.clone(), config.advertise_client_urls.clone()));
+    if let Some(interval) = config.corrupt_check_interval {
+        tokio::spawn(node.clone().check_corruption(interval));
     }
     let limits = ApiLimits {
         request_bytes_max: config.request_bytes_max,
         txn_ops_max: config.txn_ops_max,
         request_timeout: config.raft.request_timeout,
+        quota_backend_bytes: config.quota_backend_bytes,
     };
     let hub = WatchHub::start(store.clone(), config.watch_progress_notify_interval);
-    let api = Api::new(node.clone(), store, limits);
+    let api = Api::new(node.clone(), store, limits, dir.join(SNAPSHOT_DIR));
     let lessor_task = tokio::spawn(lessor.clone().run(stop_rx.clone()));
     for listener in client_listeners {
         let kv = KvServer::new(KvService::new(api.clone()))
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
-        let maintenance = MaintenanceServer::new(MaintenanceService::new(api.clone()));
+        let maintenance =
+            MaintenanceServer::new(MaintenanceService::new(api.clone())).max_encoding_message_size(RESPONSE_BYTES_MAX);
+        let cluster = ClusterServer::new(ClusterService::new(api.clone()));
         let watch = WatchServer::new(WatchService::new(api.clone(), hub.clone()))
             .max_encoding_message_size(RESPONSE_BYTES_MAX)
             .max_decoding_message_size(config.request_bytes_max + GRPC_OVERHEAD_BYTES);
@@ -86,7 +102,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .add_service(kv)
             .add_service(watch)
             .add_service(lease)
-            .add_service(maintenance);
+            .add_service(maintenance)
+            .add_service(cluster);
         servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
     }
     tracing::info!(
@@ -98,8 +115,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         new = fresh,
         "serving"
     );
-    wait_for_signal().await;
-    tracing::info!("stopping");
+    let mut removed = node.removed();
+    let was_removed = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = removed.wait_for(|r| *r) => true,
+    };
+    if was_removed {
+        tracing::error!("this member was removed from the cluster; stopping (a removed member cannot rejoin: add a new member with an empty data directory)");
+    } else {
+        tracing::info!("stopping");
+    }
     let _ = stop_tx.send(true);
     for server in servers {
         if let Ok(Err(e)) = server.await {
@@ -108,6 +133,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = lessor_task.await;
     stop_raft(&node).await;
+    if was_removed {
+        bail!("member {:x} was removed from the cluster", identity.member_id);
+    }
     Ok(())
 }
 

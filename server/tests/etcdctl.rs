@@ -438,3 +438,80 @@ async fn lease_grant_keep_alive_time_to_live_list_and_revoke() {
     let err = run_fail(&leader, &["lease", "revoke", &id], b"").await;
     assert!(err.contains("etcdserver: requested lease not found"), "{err}");
 }
+
+/// The Cluster and Maintenance commands an operator uses, as etcdctl prints them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn member_endpoint_alarm_defrag_snapshot_and_move_leader_commands() {
+    let mut cluster = Cluster::start(3).await;
+    let all = cluster.endpoints().join(",");
+    let (_, follower) = leader_and_follower(&cluster).await;
+
+    let table = run(&follower, &["member", "list", "-w", "table"]).await;
+    for name in ["n1", "n2", "n3"] {
+        assert!(table.contains(name), "member list names {name}:\n{table}");
+    }
+    assert!(table.contains("started"), "{table}");
+
+    // Add a learner, start it, promote it once it has caught up, remove it.
+    let i = cluster.prepare_member();
+    let peer = cluster.peer_url(i);
+    let added = run(&follower, &["member", "add", "n4", "--learner", &format!("--peer-urls={peer}")]).await;
+    assert!(added.contains("added to cluster"), "{added}");
+    let id_hex = added.split_whitespace().nth(1).expect("Member <id> added").to_string();
+    let refused = run_fail(&follower, &["member", "promote", &id_hex], b"").await;
+    assert!(refused.contains("can only promote a learner member which is in sync with leader"), "{refused}");
+    cluster.start_joining(i);
+    let mut promoted = false;
+    for _ in 0..60 {
+        if etcdctl(&follower, &["member", "promote", &id_hex]).await.ok {
+            promoted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(promoted, "the learner was promoted once caught up");
+    let list = run_json(&follower, &["member", "list"]).await;
+    let members = list["members"].as_array().expect("members");
+    assert_eq!(members.len(), 4);
+    assert!(members.iter().all(|m| m.get("isLearner").is_none()), "{list}");
+    let removed = run(&follower, &["member", "remove", &id_hex]).await;
+    assert!(removed.contains("removed from cluster"), "{removed}");
+    let unknown = run_fail(&follower, &["member", "remove", "abcdef"], b"").await;
+    assert!(unknown.contains("member not found"), "{unknown}");
+
+    // Endpoint status and hashes over the whole cluster.
+    let status = run(&all, &["endpoint", "status", "-w", "table"]).await;
+    assert!(status.contains("RAFT TERM") && status.contains("true"), "{status}");
+    run(&all, &["put", "hk", "v"]).await;
+    let hashes = run_json(&follower, &["endpoint", "hashkv", "--cluster"]).await;
+    let hashes: Vec<i64> = hashes.as_array().expect("array").iter().map(|h| json_i64(&h["HashKV"], "hash")).collect();
+    assert_eq!(hashes.len(), 3, "{hashes:?}");
+    assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members' hashes agree: {hashes:?}");
+
+    // Alarms, defragmentation, a backup.
+    assert_eq!(run(&follower, &["alarm", "list"]).await.trim(), "");
+    run(&follower, &["alarm", "disarm"]).await;
+    let defrag = run(&follower, &["defrag"]).await;
+    assert!(defrag.contains("Finished defragmenting"), "{defrag}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("backup.db");
+    let saved = run(&follower, &["snapshot", "save", path.to_str().unwrap()]).await;
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+
+    // Leadership to a named follower.
+    let status = run_json(&follower, &["endpoint", "status"]).await;
+    let leader_id = status[0]["Status"]["leader"].as_u64().expect("leader id");
+    let target = run_json(&all, &["endpoint", "status"]).await;
+    let target_id = target
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["Status"]["header"]["member_id"].as_u64().unwrap())
+        .find(|id| *id != leader_id)
+        .unwrap();
+    let moved = run(&all, &["move-leader", &format!("{target_id:x}")]).await;
+    assert!(moved.contains("Leadership transferred"), "{moved}");
+    let status = run_json(&follower, &["endpoint", "status"]).await;
+    assert_eq!(status[0]["Status"]["leader"].as_u64(), Some(target_id));
+}

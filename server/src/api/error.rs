@@ -4,7 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::mvcc::MvccError;
-use crate::raft::RaftNodeError;
+use crate::raft::{AdminError, RaftNodeError};
 
 /// Maps a key-space error to the status etcd sends for it.
 pub fn mvcc_status(e: MvccError) -> Status {
@@ -13,6 +13,8 @@ pub fn mvcc_status(e: MvccError) -> Status {
         MvccError::LeaseNotFound { .. } => Code::NotFound,
         MvccError::LeaseExists { .. } => Code::FailedPrecondition,
         MvccError::LeaseTtlTooLarge { .. } => Code::OutOfRange,
+        MvccError::NoSpace => Code::ResourceExhausted,
+        MvccError::Corrupt => Code::DataLoss,
         _ => Code::InvalidArgument,
     };
     let prefix = match &e {
@@ -27,10 +29,39 @@ pub fn mvcc_status(e: MvccError) -> Status {
 /// leaves the client unsure whether a write happened, as etcd's message says.
 pub fn raft_status(e: RaftNodeError) -> Status {
     let message = match e {
-        RaftNodeError::NotLeader { .. } => "etcdserver: leader changed".to_string(),
+        // Nothing was proposed: etcd's "not leader", which clients may retry.
+        RaftNodeError::NotLeader { .. } => "etcdserver: not leader".to_string(),
         other => format!("etcdserver: {other}"),
     };
     Status::new(Code::Unavailable, message)
+}
+
+/// Maps a refused membership or leadership request to etcd's status for it.
+pub fn admin_status(e: AdminError) -> Status {
+    let (code, message) = match e {
+        AdminError::Raft(e) => return raft_status(e),
+        AdminError::MemberNotFound => (Code::NotFound, "etcdserver: member not found".to_string()),
+        AdminError::PeerUrlsExist => (Code::FailedPrecondition, "etcdserver: Peer URLs already exists".to_string()),
+        AdminError::BadUrls(why) => {
+            (Code::InvalidArgument, format!("etcdserver: given member URLs are invalid ({why})"))
+        }
+        AdminError::NotLearner => {
+            (Code::FailedPrecondition, "etcdserver: can only promote a learner member".to_string())
+        }
+        AdminError::LearnerNotReady => (
+            Code::FailedPrecondition,
+            "etcdserver: can only promote a learner member which is in sync with leader".to_string(),
+        ),
+        AdminError::TooManyLearners => {
+            (Code::FailedPrecondition, "etcdserver: too many learner members in cluster".to_string())
+        }
+        AdminError::Unhealthy(why) => (Code::Unavailable, format!("etcdserver: unhealthy cluster ({why})")),
+        AdminError::BadTransferee => (Code::FailedPrecondition, "etcdserver: bad leader transferee".to_string()),
+        AdminError::TransferTimeout => {
+            (Code::DeadlineExceeded, "etcdserver: request timed out, leader transfer took too long".to_string())
+        }
+    };
+    Status::new(code, message)
 }
 
 #[cfg(test)]

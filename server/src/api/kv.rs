@@ -29,6 +29,7 @@ impl KvService {
             return Err(mvcc_status(MvccError::RequestTooLarge { bytes: wire_bytes, max }));
         }
         validate_command(&cmd, self.api.limits.txn_ops_max).map_err(mvcc_status)?;
+        self.api.check_quota(&cmd).await?;
         let kind = cmd.kind();
         let ApplyOutcome { revision, result } = self.api.node.write(cmd).await.map_err(raft_status)?;
         let response = result.map_err(mvcc_status)?;

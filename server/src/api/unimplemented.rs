@@ -9,8 +9,9 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 /// gRPC services this member serves; every other path gets UNIMPLEMENTED.
-const SERVED_PREFIXES: [&str; 5] = [
+const SERVED_PREFIXES: [&str; 6] = [
     "/etcdserverpb.KV/",
+    "/etcdserverpb.Cluster/",
     "/etcdserverpb.Watch/",
     "/etcdserverpb.Lease/",
     "/etcdserverpb.Maintenance/",

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
 use rocksdb::{WriteBatch, DB};
 use tokio::sync::watch;
 
@@ -31,7 +32,9 @@ pub struct Compactor {
 }
 
 impl Compactor {
-    pub(crate) fn start(db: Arc<DB>) -> Self {
+    /// Starts the thread. It holds `gate` shared while it works, so that a snapshot
+    /// import (which holds it exclusively) never interleaves with a compaction.
+    pub(crate) fn start(db: Arc<DB>, gate: Arc<RwLock<()>>) -> Self {
         let (wake, woken) = mpsc::sync_channel::<()>(1);
         let wanted = Arc::new(AtomicI64::new(0));
         let (finished, _) = watch::channel(0);
@@ -44,7 +47,11 @@ impl Compactor {
                 if target <= from {
                     continue;
                 }
-                match compact(&db, from, target) {
+                let result = {
+                    let _gate = gate.read_recursive();
+                    compact(&db, from, target)
+                };
+                match result {
                     Ok(()) => {
                         tracing::info!(compact_revision = target, "finished physical compaction");
                         done.send_replace(target);

@@ -37,4 +37,8 @@ pub enum MvccError {
     InvalidRange { key: String, range_end: String },
     #[error("request is too large")]
     RequestTooLarge { bytes: usize, max: usize },
+    #[error("mvcc: database space exceeded")]
+    NoSpace,
+    #[error("corrupt cluster")]
+    Corrupt,
 }

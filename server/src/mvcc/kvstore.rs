@@ -1,10 +1,12 @@
 //! The MVCC store: applies commands in log order, serves reads from consistent
 //! views, and exports or imports its whole state for Raft snapshots.
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use parking_lot::{RwLock, RwLockReadGuard};
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
 use tokio::sync::broadcast;
 
@@ -13,10 +15,10 @@ use super::range::{decode, encode, execute_range, Source};
 use super::txn_check::validate_command;
 use super::write_txn::WriteTxn;
 use super::{
-    ApplyOutcome, Change, Command, CommandResponse, Compactor, MvccError, RangeRequest, RangeResponse, Revision,
-    RevisionEvents,
+    AlarmKind, ApplyOutcome, Change, Command, CommandResponse, Compactor, MvccError, RangeRequest, RangeResponse,
+    Revision, RevisionEvents,
 };
-use crate::limits::CHANGE_FEED_REVISIONS_MAX;
+use crate::limits::{CHANGE_FEED_REVISIONS_MAX, SNAPSHOT_IMPORT_BATCH_BYTES_MAX};
 use crate::schema::{self, meta_keys, CF_META, STATE_MACHINE_CFS};
 
 /// Revision of an empty store, as in etcd.
@@ -33,6 +35,7 @@ pub struct StoreStatus {
 struct Applied {
     revision: Revision,
     compact_revision: Revision,
+    alarms: BTreeSet<(u64, AlarmKind)>,
 }
 
 pub struct KvStore {
@@ -45,6 +48,9 @@ pub struct KvStore {
     /// Grows whenever the set of leases may have changed (grant, revoke, snapshot
     /// install), so that the lessor rescans only then.
     lease_generation: AtomicU64,
+    /// Readers (views, the compactor) hold it shared; a snapshot import holds it
+    /// exclusively, so that nobody sees a half-replaced state.
+    gate: Arc<RwLock<()>>,
 }
 
 /// A consistent, read-only view of the store at one revision.
@@ -53,6 +59,7 @@ pub struct ReadView<'a> {
     pub(super) snap: SnapshotWithThreadMode<'a, DB>,
     pub revision: Revision,
     pub compact_revision: Revision,
+    _gate: RwLockReadGuard<'a, ()>,
 }
 
 impl ReadView<'_> {
@@ -94,14 +101,16 @@ fn revision_value(bytes: Option<Vec<u8>>, default: Revision) -> Revision {
 impl KvStore {
     /// Opens the store on a database created by [`schema::open_db`].
     pub fn open(db: Arc<DB>) -> Arc<Self> {
-        let compactor = Compactor::start(db.clone());
+        let gate = Arc::new(RwLock::new(()));
+        let compactor = Compactor::start(db.clone(), gate.clone());
         let (changes, _) = broadcast::channel(CHANGE_FEED_REVISIONS_MAX);
         let store = Arc::new(KvStore {
             db,
-            applied: Mutex::new(Applied { revision: 0, compact_revision: 0 }),
+            applied: Mutex::new(Applied { revision: 0, compact_revision: 0, alarms: BTreeSet::new() }),
             compactor,
             changes,
             lease_generation: AtomicU64::new(0),
+            gate,
         });
         store.reload();
         store
@@ -116,6 +125,7 @@ impl KvStore {
             let mut applied = self.applied.lock().expect("applier lock");
             applied.revision = view.revision;
             applied.compact_revision = view.compact_revision;
+            applied.alarms = view.meta(meta_keys::ALARMS).map(|b| decode(&b, "alarms")).unwrap_or_default();
         }
         self.compactor.reset(finished);
         if view.compact_revision > finished {
@@ -138,10 +148,12 @@ impl KvStore {
 
     /// A consistent view of the latest applied state.
     pub fn read_view(&self) -> ReadView<'_> {
+        // Recursive: a thread may hold two views, even while an import waits.
+        let gate = self.gate.read_recursive();
         let snap = self.db.snapshot();
         let revision = revision_value(read_meta(&snap, &self.db, meta_keys::REVISION), FIRST_REVISION);
         let compact_revision = revision_value(read_meta(&snap, &self.db, meta_keys::COMPACT_REVISION), 0);
-        ReadView { db: &self.db, snap, revision, compact_revision }
+        ReadView { db: &self.db, snap, revision, compact_revision, _gate: gate }
     }
 
     /// The latest applied revisions.
@@ -153,6 +165,32 @@ impl KvStore {
     /// Bytes on disk and bytes in use, for the whole member database.
     pub fn disk_usage(&self) -> (u64, u64) {
         schema::disk_usage(&self.db)
+    }
+
+    /// Deletes state-machine metadata values (used by restore to drop the old
+    /// cluster's Raft state).
+    pub fn delete_meta(&self, keys: &[&[u8]]) -> Result<(), rocksdb::Error> {
+        let mut batch = WriteBatch::default();
+        for k in keys {
+            batch.delete_cf(schema::cf(&self.db, CF_META), k);
+        }
+        self.db.write(batch)?;
+        self.reload();
+        Ok(())
+    }
+
+    /// Asks RocksDB to rewrite every table now (etcd's defragment), so that space
+    /// freed by compaction is returned at once. Reads and writes continue meanwhile.
+    pub fn compact_storage(&self) -> Result<(), rocksdb::Error> {
+        for name in schema::ALL_CFS {
+            self.db.compact_range_cf(schema::cf(&self.db, name), None::<&[u8]>, None::<&[u8]>);
+        }
+        self.db.flush_wal(true)
+    }
+
+    /// The raised alarms: (member ID, alarm).
+    pub fn alarms(&self) -> BTreeSet<(u64, AlarmKind)> {
+        self.applied.lock().expect("applier lock").alarms.clone()
     }
 
     /// The background compactor (to wait for physical compaction).
@@ -182,7 +220,11 @@ impl KvStore {
         let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
         // Structure checks again, with no configurable limit, so that every member
         // refuses the same malformed entry the same way.
+        let alarmed = |kind| applied.alarms.iter().any(|(_, k)| *k == kind);
+        let mut alarms = None;
         let result = validate_command(cmd, usize::MAX).and_then(|()| match cmd {
+            _ if cmd.is_client_write() && alarmed(AlarmKind::Corrupt) => Err(MvccError::Corrupt),
+            _ if cmd.needs_space() && alarmed(AlarmKind::NoSpace) => Err(MvccError::NoSpace),
             Command::Put(r) => txn.put(r).map(CommandResponse::Put),
             Command::DeleteRange(r) => txn.delete_range(r).map(CommandResponse::DeleteRange),
             Command::Txn(r) => txn.txn(r).map(CommandResponse::Txn),
@@ -194,6 +236,16 @@ impl KvStore {
             Command::LeaseCheckpoint { checkpoints } => {
                 txn.lease_checkpoint(checkpoints).map(|()| CommandResponse::LeaseCheckpoint)
             }
+            Command::Alarm { activate, member, alarm } => {
+                let mut set = applied.alarms.clone();
+                if *activate {
+                    set.insert((*member, *alarm));
+                } else {
+                    set.remove(&(*member, *alarm));
+                }
+                alarms = Some(set);
+                Ok(CommandResponse::Alarm)
+            }
         });
         let changed = result.is_ok() && txn.changed();
         let (mut batch, events) = if result.is_ok() { txn.into_parts() } else { (WriteBatch::default(), Vec::new()) };
@@ -201,6 +253,9 @@ impl KvStore {
         assert!(revision >= applied.revision, "revision went backwards");
         if changed {
             batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::REVISION, revision.to_be_bytes());
+        }
+        if let Some(set) = &alarms {
+            batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::ALARMS, encode(set));
         }
         let mut compacted = None;
         if let (Ok(_), Command::Compact { revision: r }) = (&result, cmd) {
@@ -214,6 +269,9 @@ impl KvStore {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }
         applied.revision = revision;
+        if let Some(set) = alarms {
+            applied.alarms = set;
+        }
         if changed {
             // Announced under the applier lock, so the feed is in revision order. No
             // subscriber is fine.
@@ -228,7 +286,7 @@ impl KvStore {
 
     /// Writes every state-machine record of one consistent view to `out`, and returns
     /// the metadata values named in `meta_keys` as of that view.
-    pub fn export(&self, out: &mut impl Write, wanted_meta: &[&[u8]]) -> io::Result<Vec<Option<Vec<u8>>>> {
+    pub fn export(&self, out: &mut dyn Write, wanted_meta: &[&[u8]]) -> io::Result<Vec<Option<Vec<u8>>>> {
         let view = self.read_view();
         out.write_all(SNAPSHOT_MAGIC)?;
         for (index, name) in STATE_MACHINE_CFS.iter().enumerate() {
@@ -246,8 +304,16 @@ impl KvStore {
         Ok(wanted_meta.iter().map(|k| view.meta(k)).collect())
     }
 
-    /// Replaces the whole state with an exported one, in one atomic batch.
+    /// Replaces the whole state with an exported one, streaming: memory stays bounded
+    /// by [`SNAPSHOT_IMPORT_BATCH_BYTES_MAX`] whatever the size of the state.
+    ///
+    /// Readers wait while it runs, so none sees a half-replaced state. The replacement
+    /// is several RocksDB batches, so a crash (or an error after the first batch)
+    /// leaves the tables partly replaced: the caller must be able to run the import
+    /// again from the start (the Raft state machine keeps a redo marker for that).
+    /// Input that is not an export is refused before anything is changed.
     pub fn import(&self, input: &mut impl Read) -> io::Result<()> {
+        let gate = self.gate.write();
         // Hold the applier lock so that no apply interleaves with the replacement.
         let applied = self.applied.lock().expect("applier lock");
         let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
@@ -260,11 +326,17 @@ impl KvStore {
             let cf = schema::cf(&self.db, name);
             let mut it = self.db.raw_iterator_cf(cf);
             it.seek_to_first();
-            while let Some(k) = it.key() {
-                batch.delete_cf(cf, k);
-                it.next();
-            }
+            let Some(first) = it.key().map(<[u8]>::to_vec) else {
+                it.status().map_err(io::Error::other)?;
+                continue;
+            };
+            it.seek_to_last();
+            let last = it.key().map(<[u8]>::to_vec).unwrap_or_else(|| first.clone());
+            // One range tombstone for the whole table, then the last key itself.
+            batch.delete_range_cf(cf, &first, &last);
+            batch.delete_cf(cf, &last);
         }
+        let unsynced = unsynced();
         loop {
             let mut tag = [0u8; 1];
             input.read_exact(&mut tag)?;
@@ -277,11 +349,15 @@ impl KvStore {
             let key = read_bytes(input)?;
             let value = read_bytes(input)?;
             batch.put_cf(schema::cf(&self.db, name), key, value);
+            if batch.size_in_bytes() >= SNAPSHOT_IMPORT_BATCH_BYTES_MAX {
+                self.db.write_opt(std::mem::take(&mut batch), &unsynced).map_err(io::Error::other)?;
+            }
         }
         let mut sync = WriteOptions::default();
         sync.set_sync(true);
         self.db.write_opt(batch, &sync).map_err(io::Error::other)?;
         drop(applied);
+        drop(gate);
         self.reload();
         let _ = self.changes.send(Change::Jumped { revision: self.status().revision });
         Ok(())
@@ -307,7 +383,7 @@ fn unsynced() -> WriteOptions {
 const SNAPSHOT_MAGIC: &[u8; 12] = b"CAIRNSNAP\x00\x00\x01";
 const SNAPSHOT_END: u8 = 0xff;
 
-fn write_bytes(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+fn write_bytes(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
     out.write_all(&(bytes.len() as u32).to_be_bytes())?;
     out.write_all(bytes)
 }

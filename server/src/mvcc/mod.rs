@@ -7,6 +7,7 @@
 
 mod compaction;
 mod error;
+mod hash;
 mod history;
 mod kvstore;
 mod lease_table;

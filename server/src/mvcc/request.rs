@@ -190,6 +190,52 @@ pub enum Command {
     LeaseCheckpoint {
         checkpoints: Vec<LeaseCheckpoint>,
     },
+    /// Raise or clear an alarm of a member.
+    Alarm {
+        activate: bool,
+        member: u64,
+        alarm: AlarmKind,
+    },
+}
+
+/// The alarms a member can raise (etcd's `AlarmType`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AlarmKind {
+    /// The database exceeded its quota: only reads, deletes and compaction are served.
+    NoSpace,
+    /// Members' data differ at the same revision: no writes are served.
+    Corrupt,
+}
+
+impl Command {
+    /// Whether applying it may grow the database (refused while NOSPACE is raised).
+    pub fn needs_space(&self) -> bool {
+        fn ops_need_space(ops: &[RequestOp]) -> bool {
+            ops.iter().any(|op| match op {
+                RequestOp::Put(_) => true,
+                RequestOp::Txn(t) => ops_need_space(&t.success) || ops_need_space(&t.failure),
+                RequestOp::Range(_) | RequestOp::DeleteRange(_) => false,
+            })
+        }
+        match self {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => ops_need_space(&t.success) || ops_need_space(&t.failure),
+            _ => false,
+        }
+    }
+
+    /// Whether it is a client's change of the key space (refused while CORRUPT is
+    /// raised); lease expiry, checkpoints and alarms still apply.
+    pub fn is_client_write(&self) -> bool {
+        matches!(
+            self,
+            Command::Put(_)
+                | Command::DeleteRange(_)
+                | Command::Txn(_)
+                | Command::Compact { .. }
+                | Command::LeaseGrant { .. }
+        )
+    }
 }
 
 /// A lease's remaining TTL as the leader saw it. `remaining_ms == 0` means "the
@@ -212,6 +258,7 @@ pub enum CommandResponse {
     LeaseGrant,
     LeaseRevoke,
     LeaseCheckpoint,
+    Alarm,
     /// A Raft entry that carried no command (blank or membership).
     None,
 }
@@ -236,6 +283,7 @@ impl Command {
             Command::LeaseGrant { .. } => "lease_grant",
             Command::LeaseRevoke { .. } => "lease_revoke",
             Command::LeaseCheckpoint { .. } => "lease_checkpoint",
+            Command::Alarm { .. } => "alarm",
         }
     }
 }

@@ -19,7 +19,10 @@ pub fn validate_command(cmd: &Command, txn_ops_max: usize) -> Result<(), MvccErr
             check_intervals(&r.failure)?;
             Ok(())
         }
-        Command::Compact { .. } | Command::LeaseRevoke { .. } | Command::LeaseCheckpoint { .. } => Ok(()),
+        Command::Compact { .. }
+        | Command::LeaseRevoke { .. }
+        | Command::LeaseCheckpoint { .. }
+        | Command::Alarm { .. } => Ok(()),
         Command::LeaseGrant { ttl_seconds, .. } if *ttl_seconds > LEASE_TTL_SECONDS_MAX => {
             Err(MvccError::LeaseTtlTooLarge { ttl_seconds: *ttl_seconds })
         }

@@ -2,25 +2,29 @@
 //! state machine adapter over [`crate::mvcc`], the peer network and service, and the
 //! node that turns client requests into proposals and linearizable reads.
 
+mod corruption;
 mod lease_forward;
 mod log_store;
+mod membership;
 mod network;
 mod node;
 mod peer_service;
 mod read_index;
+pub mod snapshot_file;
 mod state_machine;
 
 use std::fmt;
-use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
 
+pub use corruption::KvHash;
 pub use lease_forward::{LeaseCall, LeaseLeader};
 pub use log_store::LogStore;
+pub use membership::{AdminError, AdminRequest, AdminResponse, AdminResult, ClusterView, MemberInfo};
 pub use network::PeerNetwork;
 pub use node::{RaftNode, RaftNodeError, RaftSettings};
 pub use peer_service::PeerService;
-pub use state_machine::StateMachine;
+pub use state_machine::{export_snapshot, StateMachine};
 
 use crate::mvcc::{ApplyOutcome, Command};
 
@@ -33,6 +37,9 @@ pub struct Member {
     pub name: String,
     pub peer_urls: Vec<String>,
     pub client_urls: Vec<String>,
+    /// Added as a voter but still a learner: the leader promotes it once it has
+    /// caught up.
+    pub pending_voter: bool,
 }
 
 impl fmt::Display for Member {
@@ -48,7 +55,7 @@ openraft::declare_raft_types!(
         R = ApplyOutcome,
         NodeId = NodeId,
         Node = Member,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = tokio::fs::File,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -32,6 +32,8 @@ pub(crate) enum PeerRpc {
     Forward,
     ReadIndex,
     Lease,
+    Admin,
+    Members,
 }
 
 /// Why a peer call failed before the peer could answer.
@@ -56,11 +58,26 @@ pub struct PeerNetwork {
     cluster_id: u64,
     self_id: NodeId,
     channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    /// Set once this member learns it was removed from the cluster.
+    removed: Arc<tokio::sync::watch::Sender<bool>>,
 }
+
+/// Part of the message a member sends to one that was removed from the cluster.
+pub(crate) const REMOVED_MARK: &str = "was removed from the cluster";
 
 impl PeerNetwork {
     pub fn new(cluster_id: u64, self_id: NodeId) -> Self {
-        PeerNetwork { cluster_id, self_id, channels: Arc::default() }
+        let (removed, _) = tokio::sync::watch::channel(false);
+        PeerNetwork { cluster_id, self_id, channels: Arc::default(), removed: Arc::new(removed) }
+    }
+
+    /// Becomes true once this member learns that it was removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.removed.subscribe()
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.send_replace(true);
     }
 
     fn channel(&self, target: NodeId, node: &Member) -> Result<Channel, PeerCallError> {
@@ -110,6 +127,8 @@ impl PeerNetwork {
                 PeerRpc::Forward => client.forward(request).await,
                 PeerRpc::ReadIndex => client.read_index(request).await,
                 PeerRpc::Lease => client.lease(request).await,
+                PeerRpc::Admin => client.admin(request).await,
+                PeerRpc::Members => client.members(request).await,
             }
         };
         let reply = match tokio::time::timeout(timeout, call).await {
@@ -120,7 +139,13 @@ impl PeerNetwork {
             Ok(Err(status)) if never_sent(&status) => {
                 return Err(PeerCallError::Unreachable { target, reason: status.message().to_string() })
             }
-            Ok(Err(status)) => return Err(PeerCallError::Refused { target, status }),
+            Ok(Err(status)) => {
+                if status.code() == tonic::Code::PermissionDenied && status.message().contains(REMOVED_MARK) {
+                    tracing::error!(by = format_args!("{target:x}"), "{}", status.message());
+                    self.removed.send_replace(true);
+                }
+                return Err(PeerCallError::Refused { target, status });
+            }
             Ok(Ok(reply)) => reply.into_inner(),
         };
         bincode::deserialize(&reply.payload).map_err(|e| PeerCallError::Decode { target, reason: e.to_string() })

@@ -1,7 +1,7 @@
 //! A running Raft member as the API sees it: writes that reach the leader wherever
 //! they arrive, and linearizable reads on any member through ReadIndex.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use super::read_index::ReadBatcher;
 use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT, PEER_FORWARD_TIMEOUT_MS,
-    SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
 };
 use crate::mvcc::{ApplyOutcome, Command, KvStore};
 
@@ -34,6 +34,9 @@ pub struct RaftSettings {
     /// Serve linearizable reads on the leader without a quorum round while its lease
     /// holds. Assumes members' clocks advance at rates within 30% of each other.
     pub lease_reads: bool,
+    /// Refuse membership changes that could cost quorum (etcd's
+    /// `--strict-reconfig-check`).
+    pub strict_reconfig_check: bool,
 }
 
 /// Why a request could not go through Raft. Serializable: followers receive it from
@@ -65,10 +68,18 @@ pub struct RaftNode {
     pub raft: Raft,
     pub id: NodeId,
     pub cluster_id: u64,
-    net: PeerNetwork,
-    settings: RaftSettings,
+    pub(super) net: PeerNetwork,
+    pub(super) settings: RaftSettings,
     local_reads: Arc<ReadBatcher>,
     leader_reads: Arc<ReadBatcher>,
+    pub(super) store: Arc<KvStore>,
+    /// One membership change at a time on this leader.
+    pub(super) admin_lock: tokio::sync::Mutex<()>,
+    /// Proposals hold it shared; a leadership transfer holds it exclusively so that
+    /// the target can catch up and win its election.
+    pub(super) proposals: tokio::sync::RwLock<()>,
+    /// Removed member IDs, as of the membership log id they were read at.
+    removed_cache: std::sync::Mutex<(Option<super::LogId>, BTreeSet<NodeId>)>,
 }
 
 impl RaftNode {
@@ -90,11 +101,12 @@ impl RaftNode {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_entries),
             max_in_snapshot_log_to_keep: settings.snapshot_catchup_entries,
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES_MAX as u64,
+            install_snapshot_timeout: SNAPSHOT_INSTALL_TIMEOUT_MS,
             ..Default::default()
         }
         .validate()?;
         let net = PeerNetwork::new(cluster_id, id);
-        let sm = StateMachine::new(store, snapshot_dir)?;
+        let sm = StateMachine::new(store.clone(), snapshot_dir)?;
         let raft = Raft::new(id, Arc::new(config), net.clone(), LogStore::open(db), sm).await?;
         let node = Arc::new(RaftNode {
             raft,
@@ -104,8 +116,14 @@ impl RaftNode {
             settings,
             local_reads: Arc::default(),
             leader_reads: Arc::default(),
+            store,
+            admin_lock: tokio::sync::Mutex::new(()),
+            proposals: tokio::sync::RwLock::new(()),
+            removed_cache: std::sync::Mutex::new((None, BTreeSet::new())),
         });
         tokio::spawn(log_leadership(node.raft.clone(), id));
+        tokio::spawn(watch_own_removal(node.raft.clone(), id, node.net.clone()));
+        tokio::spawn(node.clone().promote_pending_voters());
         Ok(node)
     }
 
@@ -117,6 +135,27 @@ impl RaftNode {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Becomes true once this member learns it was removed from the cluster.
+    pub fn removed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.net.removed()
+    }
+
+    /// IDs of members removed from the cluster, as this member has applied them.
+    pub fn removed_members(&self) -> BTreeSet<NodeId> {
+        let view = self.store.read_view();
+        view.meta(crate::schema::meta_keys::REMOVED_MEMBERS).map(|b| crate::mvcc::decode_meta(&b)).unwrap_or_default()
+    }
+
+    /// Whether `id` was removed from the cluster (cached per applied membership).
+    pub fn is_removed(&self, id: NodeId) -> bool {
+        let current = *self.raft.metrics().borrow().membership_config.log_id();
+        let mut cache = self.removed_cache.lock().expect("removed members cache");
+        if cache.0 != current {
+            *cache = (current, self.removed_members());
+        }
+        cache.1.contains(&id)
     }
 
     /// The current term.
@@ -168,7 +207,12 @@ impl RaftNode {
     /// Runs a request only the leader answers: `local()` first, which answers
     /// `NotLeader` on a member that does not lead; then `rpc` on the leader it names,
     /// following leader changes a bounded number of times.
-    async fn on_leader<Req, Resp, F, Fut>(&self, rpc: PeerRpc, req: &Req, local: F) -> Result<Resp, RaftNodeError>
+    pub(super) async fn on_leader<Req, Resp, F, Fut>(
+        &self,
+        rpc: PeerRpc,
+        req: &Req,
+        local: F,
+    ) -> Result<Resp, RaftNodeError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
@@ -244,6 +288,9 @@ impl RaftNode {
 
     /// Proposes `cmd` on this member, which must be the leader.
     pub async fn propose_local(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
+        // Waits while leadership is being handed over; then this member most likely
+        // no longer leads, and the check below sends the request on.
+        let _not_transferring = self.proposals.read().await;
         {
             // Not the leader now: nothing is submitted, so the caller may safely try
             // the leader instead.
@@ -375,6 +422,29 @@ impl RaftNode {
             }
         });
         timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)?
+    }
+}
+
+/// Stops the member (through the network's removed flag) once it has applied a
+/// membership that no longer includes it, having been included before.
+async fn watch_own_removal(raft: Raft, id: NodeId, net: PeerNetwork) {
+    let mut rx = raft.metrics();
+    let mut was_member = false;
+    loop {
+        let included = {
+            let m = rx.borrow_and_update();
+            m.membership_config.membership().get_node(&id).is_some()
+        };
+        if included {
+            was_member = true;
+        } else if was_member {
+            tracing::error!(member = format_args!("{id:x}"), "this member was removed from the cluster");
+            net.mark_removed();
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

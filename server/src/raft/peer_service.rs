@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use super::{LeaseCall, LeaseLeader, NodeId, RaftNode, TypeConfig};
+use super::network::REMOVED_MARK;
+use super::{AdminRequest, LeaseCall, LeaseLeader, NodeId, RaftNode, TypeConfig};
 use crate::mvcc::Command;
 
 pub struct PeerService {
@@ -26,6 +27,13 @@ impl PeerService {
 
     fn open<T: DeserializeOwned>(&self, req: Request<PeerMessage>) -> Result<(NodeId, T), Status> {
         let msg = req.into_inner();
+        if self.node.is_removed(msg.from) {
+            tracing::warn!(from = format_args!("{:x}", msg.from), "refused a peer message from a removed member");
+            return Err(Status::permission_denied(format!(
+                "cairn: member {:x} {REMOVED_MARK} and must not rejoin it; start a new member with an empty data directory after MemberAdd",
+                msg.from
+            )));
+        }
         if msg.cluster_id != self.node.cluster_id {
             tracing::warn!(
                 from = format_args!("{:x}", msg.from),
@@ -78,5 +86,20 @@ impl Peer for PeerService {
     async fn lease(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let (_, call): (_, LeaseCall) = self.open(req)?;
         Ok(self.reply(&self.leases.serve(call).await))
+    }
+
+    async fn admin(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let (_, admin): (_, AdminRequest) = self.open(req)?;
+        Ok(self.reply(&self.node.admin_local(admin).await))
+    }
+
+    async fn members(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        // A member joining with an empty data directory does not know the cluster
+        // ID yet; it may ask for the members (nothing else).
+        if msg.cluster_id != 0 {
+            self.open::<()>(Request::new(msg))?;
+        }
+        Ok(self.reply(&self.node.cluster_view()))
     }
 }

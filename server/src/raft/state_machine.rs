@@ -1,35 +1,117 @@
 //! openraft's state machine over the MVCC store, and Raft snapshots of it.
 //!
 //! The applied log id and membership are written in the same RocksDB batch as the
-//! data they describe. A snapshot is an export of one consistent RocksDB view; the
-//! latest one is kept in a file so that it survives restarts.
+//! data they describe. A snapshot is an export of one consistent RocksDB view,
+//! streamed into a file ([`snapshot_file`]); the latest one is kept so that it
+//! survives restarts and can be sent to followers in chunks without being read into
+//! memory.
+//!
+//! Installing a received snapshot replaces the state in several RocksDB batches, so
+//! it is made crash-safe with a redo marker: the verified snapshot file is kept,
+//! a marker file naming it is made durable, the state is replaced, and only then is
+//! the marker removed. A member that restarts with the marker present imports the
+//! same file again before Raft starts, so it never runs on a half-installed state.
 
-use std::io::{self, Cursor, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use tokio::fs::File as AsyncFile;
 
-use super::{Entry, LogId, Member, NodeId, StorageError, StoredMembership, TypeConfig};
+use super::snapshot_file::{self, Meta};
+use super::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
 use crate::mvcc::{decode_meta, encode_meta, ApplyOutcome, CommandResponse, KvStore};
 use crate::schema::meta_keys;
 
+/// The latest snapshot of this member.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// Present while a snapshot install is in progress; holds the name of the file
+/// being installed.
+const INSTALL_MARKER: &str = "installing";
+const PARTIAL_SUFFIX: &str = ".part";
 
 /// The Raft state machine: the MVCC store plus snapshot files.
 #[derive(Clone)]
 pub struct StateMachine {
     store: Arc<KvStore>,
     snapshot_dir: PathBuf,
-    snapshots_built: Arc<AtomicU64>,
+    seq: Arc<AtomicU64>,
+    /// Serialises replacing the current snapshot file.
+    current: Arc<Mutex<()>>,
+    /// The file a snapshot from the leader is being received into.
+    receiving: Arc<Mutex<Option<PathBuf>>>,
 }
 
 impl StateMachine {
+    /// Opens the state machine, finishing any snapshot install a crash interrupted
+    /// and removing files of unfinished transfers.
     pub fn new(store: Arc<KvStore>, snapshot_dir: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(StateMachine { store, snapshot_dir, snapshots_built: Arc::new(AtomicU64::new(0)) })
+        let sm = StateMachine {
+            store,
+            snapshot_dir,
+            seq: Arc::new(AtomicU64::new(0)),
+            current: Arc::default(),
+            receiving: Arc::default(),
+        };
+        sm.finish_interrupted_install()?;
+        for entry in std::fs::read_dir(&sm.snapshot_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "part" || e == "tmp") {
+                tracing::info!(file = %path.display(), "removing the file of an unfinished snapshot transfer");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(sm)
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.snapshot_dir.join(name)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn finish_interrupted_install(&self) -> io::Result<()> {
+        let marker = self.path(INSTALL_MARKER);
+        let name = match std::fs::read_to_string(&marker) {
+            Ok(name) => name,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        // The marker is written only once the file it names is complete and verified;
+        // if that file is gone, the install had got as far as making it current.
+        let source = self.path(name.trim());
+        let source = if source.exists() { source } else { self.path(SNAPSHOT_FILE) };
+        tracing::warn!(file = %source.display(), "a snapshot install was interrupted; installing it again");
+        let (meta, _) = snapshot_file::verify(&source)?;
+        self.import_and_adopt(&source, &meta)
+    }
+
+    /// Replaces the state with the verified snapshot file `source`, then makes it the
+    /// current snapshot and clears the redo marker.
+    fn import_and_adopt(&self, source: &Path, meta: &Meta) -> io::Result<()> {
+        let marker = self.path(INSTALL_MARKER);
+        let name = source.file_name().and_then(|n| n.to_str()).expect("snapshot files have UTF-8 names");
+        std::fs::write(&marker, name)?;
+        std::fs::File::open(&marker)?.sync_all()?;
+        snapshot_file::sync_dir(&self.snapshot_dir)?;
+        self.store.import(&mut snapshot_file::data_reader(source)?)?;
+        {
+            let _current = self.current.lock().expect("snapshot file lock");
+            if source != self.path(SNAPSHOT_FILE) {
+                std::fs::rename(source, self.path(SNAPSHOT_FILE))?;
+            }
+            snapshot_file::sync_dir(&self.snapshot_dir)?;
+        }
+        std::fs::remove_file(&marker)?;
+        snapshot_file::sync_dir(&self.snapshot_dir)?;
+        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
+        Ok(())
     }
 
     fn applied_meta(log_id: &LogId, membership: Option<&StoredMembership>) -> Vec<(&'static [u8], Vec<u8>)> {
@@ -53,7 +135,20 @@ impl StateMachine {
             }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
-                self.store.write_meta(&Self::applied_meta(&log_id, Some(&stored)))?;
+                let mut meta = Self::applied_meta(&log_id, Some(&stored));
+                let view = self.store.read_view();
+                let previous: StoredMembership =
+                    view.meta(meta_keys::MEMBERSHIP).map(|b| decode_meta(&b)).unwrap_or_default();
+                let mut removed: std::collections::BTreeSet<NodeId> =
+                    view.meta(meta_keys::REMOVED_MEMBERS).map(|b| decode_meta(&b)).unwrap_or_default();
+                drop(view);
+                let gone: Vec<NodeId> =
+                    previous.membership().nodes().map(|(id, _)| *id).filter(|id| m.get_node(id).is_none()).collect();
+                if !gone.is_empty() {
+                    removed.extend(gone);
+                    meta.push((meta_keys::REMOVED_MEMBERS, encode_meta(&removed)));
+                }
+                self.store.write_meta(&meta)?;
                 tracing::info!(index = log_id.index, term = log_id.leader_id.term, membership = %m, "membership changed");
                 Ok(self.nothing_applied())
             }
@@ -64,73 +159,80 @@ impl StateMachine {
         ApplyOutcome { revision: self.store.status().revision, result: Ok(CommandResponse::None) }
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.snapshot_dir.join(SNAPSHOT_FILE)
+    /// Writes an export of the current state to `path` (a snapshot file); returns its
+    /// metadata and size.
+    pub fn export_to(&self, path: &Path) -> io::Result<(Meta, u64)> {
+        export_snapshot(&self.store, path, self.next_seq())
     }
 
-    /// Saves a snapshot (meta and data) atomically: temporary file, fsync, rename.
-    fn save_snapshot(&self, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> io::Result<()> {
-        let tmp = self.snapshot_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            let meta = encode_meta(meta);
-            f.write_all(&(meta.len() as u64).to_be_bytes())?;
-            f.write_all(&meta)?;
-            f.write_all(data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.snapshot_path())?;
-        sync_dir(&self.snapshot_dir)
-    }
-
-    fn load_snapshot(&self) -> io::Result<Option<Snapshot<TypeConfig>>> {
-        let mut f = match std::fs::File::open(self.snapshot_path()) {
-            Ok(f) => f,
+    /// The current snapshot file, opened, with its metadata.
+    fn open_current(&self) -> io::Result<Option<(Meta, std::fs::File)>> {
+        let _current = self.current.lock().expect("snapshot file lock");
+        let path = self.path(SNAPSHOT_FILE);
+        let meta = match snapshot_file::read_meta(&path) {
+            Ok(meta) => meta,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len)?;
-        let mut meta = vec![0u8; u64::from_be_bytes(len) as usize];
-        f.read_exact(&mut meta)?;
-        let meta: SnapshotMeta<NodeId, Member> = decode_meta(&meta);
-        let mut data = Vec::new();
-        f.read_to_end(&mut data)?;
-        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(Some((meta, std::fs::File::open(&path)?)))
+    }
+
+    fn build(&self) -> io::Result<(Meta, std::fs::File)> {
+        let tmp = self.path(&format!("build-{}.tmp", self.next_seq()));
+        let (meta, bytes) = match self.export_to(&tmp) {
+            Ok(built) => built,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let _current = self.current.lock().expect("snapshot file lock");
+        let path = self.path(SNAPSHOT_FILE);
+        if let Ok(existing) = snapshot_file::read_meta(&path) {
+            if existing.last_log_id > meta.last_log_id {
+                // A newer snapshot was installed meanwhile; it stays current.
+                std::fs::remove_file(&tmp)?;
+                return Ok((existing, std::fs::File::open(&path)?));
+            }
+        }
+        std::fs::rename(&tmp, &path)?;
+        snapshot_file::sync_dir(&self.snapshot_dir)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes, "built snapshot");
+        Ok((meta, std::fs::File::open(&path)?))
     }
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
+/// Writes an export of `store`'s current state to the snapshot file `path`; `seq`
+/// makes the snapshot ID unique. Returns its metadata and size.
+pub fn export_snapshot(store: &KvStore, path: &Path, seq: u64) -> io::Result<(Meta, u64)> {
+    snapshot_file::write(path, |out| {
+        let meta_values = store.export(out, &[meta_keys::APPLIED, meta_keys::MEMBERSHIP])?;
+        let last_log_id: Option<LogId> = meta_values[0].as_deref().and_then(decode_meta);
+        let last_membership: StoredMembership = meta_values[1].as_deref().map(decode_meta).unwrap_or_default();
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
+            None => format!("0-0-{seq}"),
+        };
+        Ok(SnapshotMeta { last_log_id, last_membership, snapshot_id })
+    })
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_state_machine(&e).into()
 }
 
+fn snapshot(meta: Meta, file: std::fs::File) -> Snapshot<TypeConfig> {
+    Snapshot { meta, snapshot: Box::new(AsyncFile::from_std(file)) }
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let this = self.clone();
-        let build = tokio::task::spawn_blocking(move || -> io::Result<Snapshot<TypeConfig>> {
-            let mut data = Vec::new();
-            let meta_values = this.store.export(&mut data, &[meta_keys::APPLIED, meta_keys::MEMBERSHIP])?;
-            let last_log_id: Option<LogId> = meta_values[0].as_deref().and_then(decode_meta);
-            let last_membership: StoredMembership = meta_values[1].as_deref().map(decode_meta).unwrap_or_default();
-            let seq = this.snapshots_built.fetch_add(1, Ordering::Relaxed);
-            let snapshot_id = match last_log_id {
-                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, seq),
-                None => format!("0-0-{seq}"),
-            };
-            let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
-            this.save_snapshot(&meta, &data)?;
-            tracing::info!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-            Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
-        });
-        let snapshot = build
+        let (meta, file) = tokio::task::spawn_blocking(move || this.build())
             .await
             .map_err(|e| StorageIOError::write_snapshot(None, &io::Error::other(e.to_string())))?
             .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(snapshot)
+        Ok(snapshot(meta, file))
     }
 }
 
@@ -161,31 +263,72 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<AsyncFile>, StorageError> {
+        let path = self.path(&format!("incoming-{}{PARTIAL_SUFFIX}", self.next_seq()));
+        let previous = self.receiving.lock().expect("receiving slot").replace(path.clone());
+        if let Some(previous) = previous {
+            // An abandoned transfer (the leader changed or restarted it).
+            let _ = tokio::fs::remove_file(previous).await;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta<NodeId, Member>,
-        snapshot: Box<Cursor<Vec<u8>>>,
-    ) -> Result<(), StorageError> {
-        let this = self.clone();
-        let meta_owned = meta.clone();
-        let install = tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let data = snapshot.into_inner();
-            this.store.import(&mut data.as_slice())?;
-            this.save_snapshot(&meta_owned, &data)
+    async fn install_snapshot(&mut self, meta: &Meta, mut snapshot: Box<AsyncFile>) -> Result<(), StorageError> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        let err = |e: io::Error| StorageError::from(StorageIOError::write_snapshot(Some(meta.signature()), &e));
+        snapshot.flush().await.map_err(err)?;
+        snapshot.sync_all().await.map_err(err)?;
+        // The file openraft hands over is normally the one begin_receiving_snapshot
+        // opened; compare inodes to be sure.
+        let received = self.receiving.lock().expect("receiving slot").take();
+        let given = snapshot.metadata().await.map_err(err)?;
+        let received = received.filter(|path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).is_ok_and(|m| m.ino() == given.ino() && m.dev() == given.dev())
         });
-        install
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &io::Error::other(e.to_string())))?
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        tracing::info!(snapshot = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "installed snapshot");
-        Ok(())
+        let source = match received {
+            Some(path) => path,
+            None => {
+                // Not one we received (openraft hands over a snapshot directly):
+                // copy it, so that the redo marker can name a file of our own.
+                let path = self.path(&format!("incoming-{}{PARTIAL_SUFFIX}", self.next_seq()));
+                let mut copy = AsyncFile::create(&path).await.map_err(err)?;
+                snapshot.seek(io::SeekFrom::Start(0)).await.map_err(err)?;
+                tokio::io::copy(&mut *snapshot, &mut copy).await.map_err(err)?;
+                copy.sync_all().await.map_err(err)?;
+                path
+            }
+        };
+        drop(snapshot);
+        let this = self.clone();
+        let expected = meta.clone();
+        let install = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let (found, _) = snapshot_file::verify(&source)?;
+            if found.snapshot_id != expected.snapshot_id || found.last_log_id != expected.last_log_id {
+                let _ = std::fs::remove_file(&source);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "received snapshot file holds {} but {} was announced",
+                        found.snapshot_id, expected.snapshot_id
+                    ),
+                ));
+            }
+            this.import_and_adopt(&source, &found)
+        });
+        install.await.map_err(|e| err(io::Error::other(e.to_string())))?.map_err(err)
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        self.load_snapshot().map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+        let current = self.open_current().map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
+        Ok(current.map(|(meta, file)| snapshot(meta, file)))
     }
 }

@@ -173,6 +173,10 @@ struct Node {
     child: Option<Child>,
     /// How many times this member's process has been spawned.
     spawns: u32,
+    /// `--initial-cluster` and `--initial-cluster-state` of this member: a member
+    /// added later joins with the members of its time and `existing`.
+    initial_cluster: String,
+    state: &'static str,
 }
 
 impl Node {
@@ -196,7 +200,8 @@ impl Node {
         self.dir.path().join("stderr.log")
     }
 
-    fn spawn(&mut self, initial_cluster: &str, token: &str, extra: &[String]) {
+    fn spawn(&mut self, token: &str, extra: &[String]) {
+        let initial_cluster = self.initial_cluster.clone();
         assert!(self.child.is_none(), "{} is already running", self.name);
         self.spawns += 1;
         let open = |p: PathBuf| -> File {
@@ -226,10 +231,10 @@ impl Node {
             .arg("--initial-advertise-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-cluster")
-            .arg(initial_cluster)
+            .arg(&initial_cluster)
             // Also right for a restart: like etcd, an existing data dir wins.
             .arg("--initial-cluster-state")
-            .arg("new")
+            .arg(self.state)
             .arg("--initial-cluster-token")
             .arg(token)
             .args(extra)
@@ -333,7 +338,6 @@ enum StartError {
 pub struct Cluster {
     nodes: Vec<Node>,
     token: String,
-    initial_cluster: String,
     /// Flags given to every member on top of the harness's own.
     extra: Vec<String>,
 }
@@ -367,6 +371,15 @@ impl Cluster {
     }
 
     fn spawn_new(n: usize, extra: &[&str]) -> Cluster {
+        let mut cluster = Cluster::unspawned(n, extra);
+        for node in &mut cluster.nodes {
+            node.spawn(&cluster.token, &cluster.extra);
+        }
+        cluster
+    }
+
+    /// Members with ports and data directories, not started.
+    fn unspawned(n: usize, extra: &[&str]) -> Cluster {
         let ports = free_ports(2 * n);
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst);
         let token = format!("cairn-test-{}-{seq}", std::process::id());
@@ -382,15 +395,48 @@ impl Cluster {
                 dir,
                 child: None,
                 spawns: 0,
+                initial_cluster: String::new(),
+                state: "new",
             });
         }
         let initial_cluster =
             nodes.iter().map(|n| format!("{}={}", n.name, n.peer_url())).collect::<Vec<_>>().join(",");
-        let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut cluster = Cluster { nodes, token, initial_cluster, extra };
-        for node in &mut cluster.nodes {
-            node.spawn(&cluster.initial_cluster, &cluster.token, &cluster.extra);
+        for node in &mut nodes {
+            node.initial_cluster = initial_cluster.clone();
         }
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        Cluster { nodes, token, extra }
+    }
+
+    /// Starts an `n`-member cluster whose members are first restored from `backup`
+    /// with `cairn restore`, and waits until it is ready.
+    pub async fn start_restored(n: usize, backup: &Path) -> Cluster {
+        let mut cluster = Cluster::unspawned(n, &[]);
+        for node in &cluster.nodes {
+            let out = Command::new(server_binary())
+                .arg("restore")
+                .arg(backup)
+                .args(["--name", &node.name])
+                .arg("--data-dir")
+                .arg(node.data_dir())
+                .args(["--initial-cluster", &node.initial_cluster])
+                .args(["--initial-cluster-token", &format!("{}-restored", cluster.token)])
+                .args(["--initial-advertise-peer-urls", &node.peer_url()])
+                .args(["--listen-peer-urls", &node.peer_url()])
+                .output()
+                .expect("run cairn restore");
+            assert!(
+                out.status.success(),
+                "cairn restore failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        cluster.token = format!("{}-restored", cluster.token);
+        for node in &mut cluster.nodes {
+            node.spawn(&cluster.token, &cluster.extra);
+        }
+        cluster.wait_ready().await;
         cluster
     }
 
@@ -432,6 +478,13 @@ impl Cluster {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// Peak resident memory of member `i`'s current process in KiB (Linux VmHWM).
+    pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid(i)?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
     /// Freezes member `i` (SIGSTOP): it keeps its sockets but answers nothing.
     pub fn pause(&self, i: usize) {
         self.signal(i, "-STOP");
@@ -463,8 +516,68 @@ impl Cluster {
     /// [`Cluster::wait_ready`] once every member that should run is started.
     pub fn restart(&mut self, i: usize) {
         self.nodes[i].kill();
-        let (ic, token) = (self.initial_cluster.clone(), self.token.clone());
-        self.nodes[i].spawn(&ic, &token, &self.extra);
+        let token = self.token.clone();
+        self.nodes[i].spawn(&token, &self.extra);
+    }
+
+    /// Makes room for a new member (ports and a data directory) without starting
+    /// it; returns its index. Add it with MemberAdd (its peer URL is
+    /// [`Cluster::peer_url`]), then start it with [`Cluster::start_joining`].
+    pub fn prepare_member(&mut self) -> usize {
+        let ports = free_ports(2);
+        let i = self.nodes.len();
+        let name = format!("n{}", i + 1);
+        let dir = tempfile::Builder::new().prefix(&format!("cairn-test-{name}-")).tempdir().expect("create temp dir");
+        self.nodes.push(Node {
+            name,
+            client_port: ports[0],
+            peer_port: ports[1],
+            dir,
+            child: None,
+            spawns: 0,
+            initial_cluster: String::new(),
+            state: "existing",
+        });
+        i
+    }
+
+    /// Member `i`'s peer URL.
+    pub fn peer_url(&self, i: usize) -> String {
+        self.nodes[i].peer_url()
+    }
+
+    /// Starts member `i` (made by [`Cluster::prepare_member`], with an empty data
+    /// directory) to join the cluster formed by the running members
+    /// (`--initial-cluster-state existing`). Does not wait.
+    pub fn start_joining(&mut self, i: usize) {
+        let members: Vec<String> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, n)| *j == i || n.is_running())
+            .map(|(_, n)| format!("{}={}", n.name, n.peer_url()))
+            .collect();
+        self.nodes[i].initial_cluster = members.join(",");
+        self.nodes[i].state = "existing";
+        let token = self.token.clone();
+        self.nodes[i].spawn(&token, &self.extra);
+    }
+
+    /// Waits (bounded) until member `i`'s process exits by itself; returns whether it did.
+    pub async fn wait_exit(&mut self, i: usize, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.nodes[i].exited().is_some() || !self.nodes[i].is_running() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    /// Member `i`'s data directory.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.nodes[i].data_dir()
     }
 
     /// Waits (bounded by [`READY_TIMEOUT`]) until every running member answers
@@ -488,8 +601,8 @@ impl Cluster {
                         if respawn_on_addr_in_use && respawns < 3 {
                             respawns += 1;
                             tokio::time::sleep(Duration::from_millis(500)).await;
-                            let (ic, token) = (self.initial_cluster.clone(), self.token.clone());
-                            self.nodes[i].spawn(&ic, &token, &self.extra);
+                            let token = self.token.clone();
+                            self.nodes[i].spawn(&token, &self.extra);
                             continue;
                         }
                         return Err(StartError::AddrInUse(why));
