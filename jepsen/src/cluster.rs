@@ -29,6 +29,8 @@ pub const PEER_PORT: u16 = 2380;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Bound of one health probe or admin request.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a membership change refused as "unhealthy cluster" is retried.
+pub const RECONFIG_RETRY: Duration = Duration::from_secs(10);
 
 /// Which server the members run: Cairn, or etcd (to validate the harness).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
@@ -341,10 +343,21 @@ impl Cluster {
         };
         let via = self.other_member(i).ok_or_else(|| Error::Setup("no other member to remove through".into()))?;
         let mut c = ClusterClient::new(self.channel(via));
-        tokio::time::timeout(PROBE_TIMEOUT * 3, c.member_remove(MemberRemoveRequest { id }))
-            .await
-            .map_err(|_| Error::Setup(format!("MemberRemove({}) timed out", self.members[i].name)))?
-            .map_err(|e| Error::Setup(format!("MemberRemove({}): {}", self.members[i].name, e.message())))?;
+        // A member added moments ago may not count as active yet: the strict
+        // reconfiguration check answers "unhealthy cluster" until it does.
+        let deadline = Instant::now() + RECONFIG_RETRY;
+        loop {
+            let res = tokio::time::timeout(PROBE_TIMEOUT * 3, c.member_remove(MemberRemoveRequest { id }))
+                .await
+                .map_err(|_| Error::Setup(format!("MemberRemove({}) timed out", self.members[i].name)))?;
+            match res {
+                Ok(_) => break,
+                Err(e) if e.message().contains("unhealthy cluster") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
+                Err(e) => return Err(Error::Setup(format!("MemberRemove({}): {}", self.members[i].name, e.message()))),
+            }
+        }
         self.members[i].removed = true;
         self.kill(i);
         let dir = self.members[i].data_dir.clone();
