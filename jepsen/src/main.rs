@@ -44,7 +44,7 @@ struct RunArgs {
     #[arg(long, value_enum, default_value = "register")]
     workload: WorkloadKind,
     /// Fault families, comma-separated (crash, pause, partition, isolate,
-    /// membership, slow-net); `none` for no faults.
+    /// membership, leader-transfer, slow-net); `none` for no faults.
     #[arg(long, default_value = "partition,crash", value_parser = parse_nemesis)]
     nemesis: NemesisList,
     /// Members (3 or 5).
@@ -93,7 +93,7 @@ fn parse_nemesis(s: &str) -> Result<NemesisList, String> {
     let mut out = Vec::new();
     for part in s.split(',') {
         out.push(NemesisKind::from_str(part.trim(), true).map_err(|_| {
-            format!("unknown nemesis {part:?}: expected crash, pause, partition, isolate, membership, slow-net or none")
+            format!("unknown nemesis {part:?}: expected crash, pause, partition, isolate, membership, leader-transfer, slow-net or none")
         })?);
     }
     Ok(NemesisList(out))

@@ -59,9 +59,10 @@ pub enum NemesisKind {
     Partition,
     /// Only partitions that isolate one member or the leader.
     Isolate,
-    /// Remove and re-add a member, replace a member with a fresh data directory,
-    /// transfer leadership.
+    /// Remove and re-add a member, replace a member with a fresh data directory.
     Membership,
+    /// Transfer leadership to another member (MoveLeader).
+    LeaderTransfer,
     /// Limit members' outgoing bandwidth (`tbf`).
     SlowNet,
 }
@@ -273,11 +274,11 @@ fn draw(rng: &mut ChaCha8Rng, kind: NemesisKind, n: usize) -> Fault {
             };
             Fault::Partition { kind: kind.into(), cut }
         }
-        NemesisKind::Membership => match rng.random_range(0..3) {
+        NemesisKind::Membership => match rng.random_range(0..2) {
             0 => Fault::RemoveReadd { node: rng.random_range(0..n) },
-            1 => Fault::Replace { node: rng.random_range(0..n) },
-            _ => Fault::LeaderTransfer { to: rng.random_range(0..n) },
+            _ => Fault::Replace { node: rng.random_range(0..n) },
         },
+        NemesisKind::LeaderTransfer => Fault::LeaderTransfer { to: rng.random_range(0..n) },
         NemesisKind::SlowNet => {
             let k = if rng.random_bool(0.5) { 1 } else { n };
             Fault::SlowNet { nodes: subset(rng, n, k) }
@@ -454,7 +455,7 @@ mod tests {
 
     #[test]
     fn same_seed_same_schedule() {
-        let kinds = [NemesisKind::Partition, NemesisKind::Crash, NemesisKind::Membership];
+        let kinds = [NemesisKind::Partition, NemesisKind::Crash, NemesisKind::Membership, NemesisKind::LeaderTransfer];
         let a = schedule(7, &kinds, 5, 120_000);
         assert_eq!(a, schedule(7, &kinds, 5, 120_000));
         assert_ne!(a, schedule(8, &kinds, 5, 120_000));
