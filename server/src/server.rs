@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{
-    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, ObserveLayer,
-    Observer, UnimplementedLayer, WatchService,
+    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, ObserveLayer, Observer,
+    UnimplementedLayer, WatchService,
 };
 use crate::bootstrap;
 use crate::config::{url_authority, ClusterState, Config};
