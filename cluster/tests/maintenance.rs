@@ -1,8 +1,7 @@
 //! Membership and maintenance commands (member, move-leader, endpoint --cluster,
 //! hashkv, alarm, defrag, snapshot, cluster health) on a three-member cluster.
 //!
-//! The same sequence runs against etcd and Cairn. One Cairn check is ignored until
-//! a server bug is fixed (`cargo test -p cairn-cluster --test maintenance -- --ignored`).
+//! The same sequence runs against etcd and Cairn.
 
 mod common;
 
@@ -155,7 +154,6 @@ fn membership_and_maintenance_on_cairn() {
 }
 
 #[test]
-#[ignore = "Cairn bug: MemberList reports client URLs only for the member that answers"]
 fn cluster_flag_reaches_every_member_from_one_endpoint_on_cairn() {
     let c = TestCluster::start(Kind::Cairn, 3);
     let one = c.endpoint(0);

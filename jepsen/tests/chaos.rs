@@ -131,6 +131,8 @@ matrix! {
     append_membership: Append, Membership, 25;
     watch_membership: Watch, Membership, 35;
     lock_membership: Lock, Membership, 45;
+    register_leader_transfer: Register, LeaderTransfer, 55;
+    watch_leader_transfer: Watch, LeaderTransfer, 65;
 }
 
 /// The negative control, through the binary as a user runs it: serializable
@@ -179,9 +181,7 @@ fn negative_control_serializable_reads_are_not_linearizable() {
 
 /// The membership and leader-transfer nemeses against etcd, whose Cluster API
 /// is the reference: this validates the harness's code path for them (and the
-/// checkers on a second implementation). Cairn's MoveLeader does not complete
-/// while clients keep reading (see jepsen/README.md), so `leader-transfer` is
-/// not in Cairn's matrix.
+/// checkers on a second implementation).
 #[test]
 fn membership_nemesis_against_etcd() {
     let etcd = PathBuf::from(std::env::var_os("CAIRN_TEST_ETCD_BIN").unwrap_or_else(|| "/usr/bin/etcd".into()));
