@@ -27,4 +27,4 @@ lint: setup
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --workspace --all-targets -- --test-threads=2
+	$(CARGO) test --workspace --all-targets --no-fail-fast -- --test-threads=2

@@ -79,7 +79,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !formed && config.initial_cluster_state == ClusterState::New {
         node.bootstrap(bootstrap::initial_members(&config)).await.context("forming the cluster")?;
     }
-    tokio::spawn(node.clone().publish(config.name.clone(), config.advertise_client_urls.clone()));
+    // Like etcd, serve clients once this member's name and client URLs are
+    // published, so that a member list read anywhere names them; bounded, so that a
+    // member without a quorum still serves what it can (publishing goes on).
+    let mut publishing = tokio::spawn(node.clone().publish(config.name.clone(), config.advertise_client_urls.clone()));
+    if tokio::time::timeout(config.raft.request_timeout, &mut publishing).await.is_err() {
+        tracing::warn!("could not publish this member's name and client URLs yet; serving clients meanwhile");
+    }
     if let Some(interval) = config.corrupt_check_interval {
         tokio::spawn(node.clone().check_corruption(interval));
     }

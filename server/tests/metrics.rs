@@ -14,32 +14,12 @@ use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{is_etcd, ok, Cluster};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use common::{http_get, is_etcd, ok, Cluster};
 
 /// Bound for one HTTP request (a paused member accepts but never answers).
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound for a metric to reach the expected value.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const WRITES: u64 = 40;
-
-/// GETs `path` from `endpoint` over HTTP/1.1: `(status, body)`, or `None` if the
-/// member does not answer in time.
-async fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
-    let authority = endpoint.trim_start_matches("http://").to_string();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(&authority).await.ok()?;
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        Some((status, body.to_string()))
-    };
-    tokio::time::timeout(HTTP_TIMEOUT, exchange).await.ok().flatten()
-}
 
 /// Samples of the Prometheus text format: `name{labels}` → value, labels sorted as
 /// the encoder writes them.

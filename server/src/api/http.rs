@@ -21,6 +21,7 @@ use tower::{Layer, Service};
 
 use super::Api;
 use crate::limits::HEALTH_READ_TIMEOUT_MS;
+use crate::mvcc::AlarmKind;
 use crate::observability::{self, member_label, metrics};
 use crate::raft::{NodeId, Raft};
 use crate::watch::WatchHub;
@@ -87,6 +88,10 @@ impl Observer {
         m.watch.slow_watchers.set(slow as i64);
         m.watch.pending_messages.set(queued as i64);
         m.lease.active.set(store.read_view().leases().len() as i64);
+        let alarms = store.alarms();
+        for (kind, name) in [(AlarmKind::NoSpace, "NOSPACE"), (AlarmKind::Corrupt, "CORRUPT")] {
+            observability::set_alarm(name, alarms.iter().any(|(_, k)| *k == kind));
+        }
     }
 
     /// `Ok` if the member knows a leader and serves a linearizable read in time;
@@ -96,6 +101,13 @@ impl Observer {
         let node = &self.api.node;
         if node.leader().is_none() {
             return Err("RAFT NO LEADER".into());
+        }
+        // As etcd: a raised alarm makes every member unhealthy.
+        if let Some((_, kind)) = self.api.store.alarms().into_iter().next() {
+            return Err(match kind {
+                AlarmKind::NoSpace => "ALARM NOSPACE".into(),
+                AlarmKind::Corrupt => "ALARM CORRUPT".into(),
+            });
         }
         if serializable {
             let _ = self.api.store.read_view().revision;

@@ -69,7 +69,10 @@ impl Api {
         }
         let size = {
             let mut cached = self.db_size.lock().expect("db size cache");
-            let fresh = cached.0.is_some_and(|t| t.elapsed() < Duration::from_millis(QUOTA_CHECK_INTERVAL_MS));
+            // Only a size under the quota is reused: one over it is measured again, so
+            // that space freed a moment ago counts at once.
+            let fresh = cached.0.is_some_and(|t| t.elapsed() < Duration::from_millis(QUOTA_CHECK_INTERVAL_MS))
+                && cached.1 <= self.limits.quota_backend_bytes;
             if !fresh {
                 *cached = (Some(Instant::now()), self.store.disk_usage().0);
             }

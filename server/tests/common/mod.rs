@@ -726,3 +726,21 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// GETs `path` from `endpoint` over HTTP/1.1: `(status, body)`, or `None` if the
+/// member does not answer in time.
+pub async fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
+    let authority = endpoint.trim_start_matches("http://").to_string();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(&authority).await.ok()?;
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw).await.ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
+}
