@@ -7,7 +7,6 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::cluster::ServerKind;
-use crate::load::Workload;
 use crate::report::RunResult;
 
 const WIDTH: u32 = 1100;
@@ -19,21 +18,17 @@ const SERVERS: [(ServerKind, RGBColor); 2] =
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     title: &str,
-    workloads: &[Workload],
+    workloads: &[String],
     results: &[RunResult],
     value: impl Fn(&RunResult) -> f64,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
-    let get = |w: Workload, k: ServerKind| {
-        results.iter().find(|r| r.workload == w && r.target == k.to_string()).map(&value).unwrap_or(0.0)
+    let get = |case: &str, k: ServerKind| {
+        results.iter().find(|r| r.case == case && r.target == k.to_string()).map(&value).unwrap_or(0.0)
     };
-    let top = workloads
-        .iter()
-        .flat_map(|&w| SERVERS.iter().map(move |&(k, _)| (w, k)))
-        .map(|(w, k)| get(w, k))
-        .fold(0.0, f64::max);
+    let top = workloads.iter().flat_map(|w| SERVERS.iter().map(|&(k, _)| get(w, k))).fold(0.0, f64::max);
     let n = workloads.len() as f64;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 20))
@@ -49,7 +44,7 @@ where
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < workloads.len() {
-                workloads[i as usize].to_string()
+                workloads[i as usize].clone()
             } else {
                 String::new()
             }
@@ -57,7 +52,7 @@ where
         .draw()
         .map_err(|e| anyhow!("chart: {e}"))?;
     for (s, &(kind, color)) in SERVERS.iter().enumerate() {
-        let bars = workloads.iter().enumerate().map(move |(i, &w)| {
+        let bars = workloads.iter().enumerate().map(|(i, w)| {
             let x0 = i as f64 - 0.4 + 0.4 * s as f64;
             Rectangle::new([(x0, 0.0), (x0 + 0.38, get(w, kind))], color.filled())
         });
@@ -78,10 +73,10 @@ where
 
 /// Writes the chart of `results` to `path`.
 pub fn draw(path: &Path, results: &[RunResult]) -> Result<()> {
-    let mut workloads: Vec<Workload> = Vec::new();
+    let mut workloads: Vec<String> = Vec::new();
     for r in results {
-        if !workloads.contains(&r.workload) {
-            workloads.push(r.workload);
+        if !workloads.contains(&r.case) {
+            workloads.push(r.case.clone());
         }
     }
     let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();

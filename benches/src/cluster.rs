@@ -4,6 +4,7 @@
 use std::fmt;
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -173,6 +174,14 @@ impl Cluster {
             ServerKind::Cairn => {
                 cmd.args(["--log-level", "warn"]);
             }
+        }
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // The members die with this process even when it is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let child = cmd.spawn().with_context(|| format!("start {}", self.spec.binary.display()))?;
         self.members[i].child = Some(child);

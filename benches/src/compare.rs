@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{etcd_version, Cluster, ServerKind};
-use crate::load::{self, LoadSpec, Workload};
+use crate::load::{self, Consistency, LoadSpec, Workload};
 use crate::report::{results_table, RunResult};
 use crate::{chart, write_json, ServerArgs};
 
@@ -21,6 +21,12 @@ pub struct CompareArgs {
     /// Directory for compare.json and compare.svg (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
+    /// Measure `range` and `mixed` both linearizable and serializable (else only --consistency).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    both_consistencies: bool,
+    /// Skip the open-loop put at half etcd's closed-loop put throughput.
+    #[arg(long)]
+    no_half_peak: bool,
     #[command(flatten)]
     load: LoadSpec,
     #[command(flatten)]
@@ -72,7 +78,7 @@ impl Machine {
 /// Cairn's numbers divided by etcd's for one workload.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Ratio {
-    pub workload: Workload,
+    pub case: String,
     /// Above 1: Cairn serves more.
     pub throughput: f64,
     /// Below 1: Cairn answers faster.
@@ -94,14 +100,14 @@ fn div(a: f64, b: f64) -> f64 {
 
 /// Ratios for every workload that ran against both.
 pub fn ratios(results: &[RunResult]) -> Vec<Ratio> {
-    let find = |t: ServerKind, w: Workload| results.iter().find(|r| r.target == t.to_string() && r.workload == w);
+    let find = |t: ServerKind, case: &str| results.iter().find(|r| r.target == t.to_string() && r.case == case);
     let mut out = Vec::new();
     for r in results.iter().filter(|r| r.target == ServerKind::Cairn.to_string()) {
-        let (Some(c), Some(e)) = (find(ServerKind::Cairn, r.workload), find(ServerKind::Etcd, r.workload)) else {
+        let (Some(c), Some(e)) = (find(ServerKind::Cairn, &r.case), find(ServerKind::Etcd, &r.case)) else {
             continue;
         };
         out.push(Ratio {
-            workload: r.workload,
+            case: r.case.clone(),
             throughput: div(c.throughput_ops_per_second, e.throughput_ops_per_second),
             p50: div(c.latency_us.p50 as f64, e.latency_us.p50 as f64),
             p99: div(c.latency_us.p99 as f64, e.latency_us.p99 as f64),
@@ -118,14 +124,14 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Cairn/etcd    {:<15} {:>10} {:>8} {:>8} {:>8} {:>9} {:>10}",
-        "workload", "ops/s", "p50", "p99", "p99.9", "RSS", "CPU/op"
+        "Cairn/etcd    {:<26} {:>10} {:>8} {:>8} {:>8} {:>9} {:>10}",
+        "case", "ops/s", "p50", "p99", "p99.9", "RSS", "CPU/op"
     );
     for r in ratios {
         let _ = writeln!(
             out,
-            "              {:<15} {:>9.2}x {:>7.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>10}",
-            r.workload.to_string(),
+            "              {:<26} {:>9.2}x {:>7.2}x {:>7.2}x {:>7.2}x {:>8.2}x {:>10}",
+            r.case,
             r.throughput,
             r.p50,
             r.p99,
@@ -145,20 +151,80 @@ pub struct Comparison {
     pub ratios: Vec<Ratio>,
 }
 
+/// One measurement of a comparison.
+enum Case {
+    Plain(Workload, LoadSpec),
+    /// Open-loop puts at half the rate etcd peaked at in the closed-loop put case.
+    HalfEtcdPeakPut,
+}
+
+impl Case {
+    fn workload(&self) -> Workload {
+        match self {
+            Case::Plain(w, _) => *w,
+            Case::HalfEtcdPeakPut => Workload::Put,
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Case::Plain(w, _) => w.to_string(),
+            Case::HalfEtcdPeakPut => "put@half-etcd-peak".into(),
+        }
+    }
+}
+
+/// The workloads expanded: `range` is measured linearizable and serializable, and a
+/// closed-loop `put` is followed by puts at half etcd's peak (unless --rate is given).
+fn cases(args: &CompareArgs) -> Vec<Case> {
+    let mut cases = Vec::new();
+    for &w in &args.workloads {
+        match w {
+            Workload::Range | Workload::Mixed if args.both_consistencies => {
+                for c in [Consistency::Linearizable, Consistency::Serializable] {
+                    cases.push(Case::Plain(w, LoadSpec { consistency: c, ..args.load.clone() }));
+                }
+            }
+            Workload::Put if args.load.rate.is_none() && !args.no_half_peak => {
+                cases.push(Case::Plain(w, args.load.clone()));
+                cases.push(Case::HalfEtcdPeakPut);
+            }
+            _ => cases.push(Case::Plain(w, args.load.clone())),
+        }
+    }
+    cases
+}
+
 pub async fn compare(args: CompareArgs, progress: bool) -> Result<()> {
     args.load.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let machine = Machine::describe(&args.servers);
     eprintln!("machine: {} cores, load {}, {}", machine.cores, machine.load_average, machine.etcd_version);
-    let mut results = Vec::new();
+    let mut results: Vec<RunResult> = Vec::new();
     for kind in [ServerKind::Etcd, ServerKind::Cairn] {
         eprintln!("starting a {}-member {kind} cluster", args.servers.members);
         let cluster = Cluster::start(args.servers.spec(kind)).await?;
-        for &w in &args.workloads {
-            eprintln!("{kind}: {w} ...");
-            let r = load::run(&cluster.endpoints(), &kind.to_string(), w, &args.load, &cluster.procs(), progress)
+        for case in cases(&args) {
+            let spec = match &case {
+                Case::Plain(_, spec) => spec.clone(),
+                // etcd runs first, so its peak is known when Cairn runs.
+                Case::HalfEtcdPeakPut => {
+                    let peak = results
+                        .iter()
+                        .find(|r| r.target == ServerKind::Etcd.to_string() && r.case == Workload::Put.to_string())
+                        .map(|r| r.throughput_ops_per_second)
+                        .context("the half-peak put needs etcd's closed-loop put result")?;
+                    LoadSpec { rate: Some((peak / 2.0).max(1.0)), total: None, ..args.load.clone() }
+                }
+            };
+            let w = case.workload();
+            eprintln!("{kind}: {} ...", case.name());
+            let mut r = load::run(&cluster.endpoints(), &kind.to_string(), w, &spec, &cluster.procs(), progress)
                 .await
-                .with_context(|| format!("{w} against {kind}"))?;
+                .with_context(|| format!("{} against {kind}", case.name()))?;
+            if let Case::HalfEtcdPeakPut = case {
+                r.case = case.name();
+            }
             results.push(r);
         }
         drop(cluster);

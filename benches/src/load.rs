@@ -414,19 +414,25 @@ async fn make_clients(conns: &[Conn], workload: Workload, spec: &LoadSpec) -> Re
     for i in 0..spec.clients {
         let mut conn = conns[i % conns.len()].clone();
         let keepalive = if workload == Workload::LeaseKeepalive {
-            let lease = conn
-                .lease
-                .lease_grant(LeaseGrantRequest { ttl: KEEPALIVE_LEASE_TTL_SECONDS, id: 0 })
+            let grant = conn.lease.lease_grant(LeaseGrantRequest { ttl: KEEPALIVE_LEASE_TTL_SECONDS, id: 0 });
+            let lease = tokio::time::timeout(spec.request_timeout, grant)
                 .await
+                .context("lease grant: no answer")?
                 .context("grant a lease for lease-keepalive")?
                 .into_inner();
             let (tx, rx) = mpsc::channel(1);
-            let responses = conn
-                .lease
-                .lease_keep_alive(ReceiverStream::new(rx))
+            // A first keep-alive is queued before the call: etcd completes the call
+            // (sends its headers) only with its first response.
+            tx.send(LeaseKeepAliveRequest { id: lease.id }).await.context("queue the first keep-alive")?;
+            let open = async {
+                let mut responses = conn.lease.lease_keep_alive(ReceiverStream::new(rx)).await?.into_inner();
+                responses.message().await?.ok_or_else(|| tonic::Status::unavailable("keep-alive stream ended"))?;
+                Ok::<_, tonic::Status>(responses)
+            };
+            let responses = tokio::time::timeout(spec.request_timeout, open)
                 .await
-                .context("open a keep-alive stream")?
-                .into_inner();
+                .context("open a keep-alive stream: no answer")?
+                .context("open a keep-alive stream")?;
             Some((lease.id, tx, responses))
         } else {
             None
@@ -563,17 +569,24 @@ async fn open_watchers(
         let per_stream = spec.watchers / streams + usize::from(s < spec.watchers % streams);
         let mut client = conns[s % conns.len()].watch.clone();
         let (tx, rx) = mpsc::channel(WATCH_REQUEST_BUFFER);
+        // Queue the creates before the call returns: etcd sends the response headers
+        // only with its first message, so the call completes only once it answered one.
+        let creates = tx.clone();
+        let sender = tokio::spawn(async move {
+            for _ in 0..per_stream {
+                let create = WatchCreateRequest {
+                    key: WATCH_PREFIX.as_bytes().to_vec(),
+                    range_end: prefix_end(WATCH_PREFIX.as_bytes()),
+                    ..Default::default()
+                };
+                let req = WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) };
+                if creates.send(req).await.is_err() {
+                    break;
+                }
+            }
+        });
         let mut responses = client.watch(ReceiverStream::new(rx)).await.context("open a watch stream")?.into_inner();
-        for _ in 0..per_stream {
-            let create = WatchCreateRequest {
-                key: WATCH_PREFIX.as_bytes().to_vec(),
-                range_end: prefix_end(WATCH_PREFIX.as_bytes()),
-                ..Default::default()
-            };
-            tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
-                .await
-                .context("send a watch create request")?;
-        }
+        sender.await.context("watch create sender")?;
         let mut created = 0;
         while created < per_stream {
             let r = responses.message().await.context("watch stream")?.context("watch stream ended")?;
@@ -629,6 +642,7 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let receivers = open_watchers(conns, spec, epoch, received.clone(), stop_rx).await?;
+
     let bar = progress_bar(spec, show_progress);
     let start = Instant::now();
     let mut puts = JoinSet::new();
@@ -658,6 +672,7 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
         put_tally.record(Duration::ZERO, r.expect("put task panicked"));
     }
     let events_expected = put_tally.ok * spec.watchers as u64;
+
     let drain_deadline = Instant::now() + WATCH_DRAIN_TIMEOUT;
     while received.load(Ordering::Relaxed) < events_expected && Instant::now() < drain_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -142,9 +142,16 @@ async fn run(args: RunArgs, progress: bool) -> Result<()> {
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let progress = !cli.no_progress;
-    match cli.command {
-        Cmd::Run(args) => run(args, progress).await,
-        Cmd::Compare(args) => compare::compare(args, progress).await,
-        Cmd::Scale(args) => scale::scale(args, progress).await,
+    let work = async {
+        match cli.command {
+            Cmd::Run(args) => run(args, progress).await,
+            Cmd::Compare(args) => compare::compare(args, progress).await,
+            Cmd::Scale(args) => scale::scale(args, progress).await,
+        }
+    };
+    // On Ctrl-C the work is dropped, which stops the clusters and removes their data.
+    tokio::select! {
+        r = work => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
     }
 }

@@ -55,6 +55,9 @@ pub struct RunResult {
     /// What was measured (`etcd`, `cairn`, or the `--label` of `run`).
     pub target: String,
     pub endpoints: Vec<String>,
+    /// The workload with what distinguishes it: `put`, `range-serializable`,
+    /// `put@500/s`, or a name given by `compare` (`put@half-etcd-peak`).
+    pub case: String,
     pub workload: Workload,
     /// `closed` or `open` (`watch-latency` is always open).
     pub loop_mode: String,
@@ -92,9 +95,18 @@ impl RunResult {
         let secs = elapsed.as_secs_f64().max(1e-9);
         let cpu: f64 = servers.iter().map(|s| s.cpu_seconds).sum();
         let open = spec.rate.is_some() || workload == Workload::WatchLatency;
+        let mut case = workload.to_string();
+        if matches!(workload, Workload::Range | Workload::Mixed) {
+            let c = format!("{:?}", spec.consistency).to_lowercase();
+            case = format!("{case}-{c}");
+        }
+        if let Some(rate) = spec.rate.filter(|_| workload != Workload::WatchLatency) {
+            case = format!("{case}@{rate:.0}/s");
+        }
         RunResult {
             target: target.to_string(),
             endpoints: endpoints.to_vec(),
+            case,
             workload,
             loop_mode: if open { "open" } else { "closed" }.into(),
             spec: spec.clone(),
@@ -121,9 +133,9 @@ pub fn results_table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<15} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<8} {:<26} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "target",
-        "workload",
+        "case",
         "loop",
         "ok",
         "failed",
@@ -138,9 +150,9 @@ pub fn results_table(results: &[RunResult]) -> String {
     for r in results {
         let _ = writeln!(
             out,
-            "{:<8} {:<15} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9}",
+            "{:<8} {:<26} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9}",
             r.target,
-            r.workload.to_string(),
+            r.case,
             r.loop_mode,
             r.ops_ok,
             r.ops_failed,

@@ -78,7 +78,6 @@ async fn watch_catch_up(endpoint: &str, from: i64, expected: u64) -> Result<(Dur
     let ch = Channel::from_shared(endpoint_url(endpoint))?.connect().await?;
     let (tx, rx) = mpsc::channel(1);
     let started = Instant::now();
-    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
     let mut end = KEY_PREFIX.as_bytes().to_vec();
     *end.last_mut().expect("non-empty prefix") += 1;
     let create = WatchCreateRequest {
@@ -88,6 +87,8 @@ async fn watch_catch_up(endpoint: &str, from: i64, expected: u64) -> Result<(Dur
         ..Default::default()
     };
     tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }).await?;
+    // Sent before the call returns: etcd completes it only with its first response.
+    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
     let mut events = 0u64;
     let deadline = started + CATCH_UP_TIMEOUT;
     while events < expected {
