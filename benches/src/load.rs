@@ -699,3 +699,49 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
     };
     Ok((tally, elapsed, stats))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        load: LoadSpec,
+    }
+
+    fn spec(args: &[&str]) -> LoadSpec {
+        Args::parse_from(std::iter::once("test").chain(args.iter().copied())).load
+    }
+
+    #[test]
+    fn keys_have_the_requested_size_and_sort_by_number() {
+        let s = spec(&["--key-size", "32"]);
+        let (a, b) = (s.key(KEY_PREFIX, 9), s.key(KEY_PREFIX, 10));
+        assert_eq!(a.len(), 32);
+        assert!(a < b, "zero padding keeps numeric order");
+        assert!(a.starts_with(KEY_PREFIX.as_bytes()));
+    }
+
+    #[test]
+    fn bad_settings_are_refused_with_the_flag_named() {
+        for (args, flag) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--read-ratio", "1.5"][..], "--read-ratio"),
+            (&["--rate", "0"][..], "--rate"),
+            (&["--value-size", "4"][..], "--value-size"),
+        ] {
+            let err = spec(args).validate().expect_err("refused").to_string();
+            assert!(err.contains(flag), "{args:?}: {err}");
+        }
+        spec(&[]).validate().expect("the defaults are valid");
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_past_the_prefix() {
+        assert_eq!(prefix_end(b"/bench/w/"), b"/bench/w0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}
