@@ -100,7 +100,7 @@ pub struct LoadSpec {
     /// when each was due. Without it the loop is closed.
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Key length in bytes (keys are KEY_PREFIX + zero-padded number).
+    /// Key length in bytes (keys are `/bench/k/` and a zero-padded number).
     #[arg(long, default_value_t = 32)]
     pub key_size: usize,
     /// Value length in bytes.

@@ -34,7 +34,7 @@ pub struct ScaleArgs {
     keys: u64,
     /// Servers to measure (comma-separated), one after the other.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "etcd,cairn")]
-    servers_to_run: Vec<ServerKind>,
+    targets: Vec<ServerKind>,
     /// Directory for scale.json (created if missing).
     #[arg(long, default_value = "bench-out")]
     out: PathBuf,
@@ -194,7 +194,7 @@ pub async fn scale(args: ScaleArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let machine = Machine::describe(&args.servers);
     let mut results = Vec::new();
-    for &kind in &args.servers_to_run {
+    for &kind in &args.targets {
         results.push(scale_one(kind, &args, progress).await.with_context(|| format!("scale run against {kind}"))?);
     }
     let runs: Vec<RunResult> = results
