@@ -50,6 +50,8 @@ pub struct ClusterSpec {
     pub members: usize,
     /// Parent of the cluster's temporary directory (the disk under test).
     pub data_root: Option<PathBuf>,
+    /// Keep the data directories and server logs when the cluster stops.
+    pub keep_data: bool,
 }
 
 struct Member {
@@ -296,6 +298,10 @@ async fn probe(endpoint: &str) -> Result<u64> {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_all();
+        if self.spec.keep_data {
+            self._root.disable_cleanup(true);
+            eprintln!("kept the {} cluster's data and logs in {}", self.spec.kind, self._root.path().display());
+        }
     }
 }
 

@@ -60,6 +60,9 @@ pub struct ServerArgs {
     /// [default: the system's temporary directory].
     #[arg(long)]
     pub data_root: Option<PathBuf>,
+    /// Keep every member's data directory and log (`server.log`) afterwards.
+    #[arg(long)]
+    pub keep_data: bool,
 }
 
 impl ServerArgs {
@@ -68,7 +71,13 @@ impl ServerArgs {
             ServerKind::Etcd => self.etcd_bin.clone(),
             ServerKind::Cairn => self.cairn_bin.clone().unwrap_or_else(cluster::default_cairn_binary),
         };
-        ClusterSpec { kind, binary, members: self.members, data_root: self.data_root.clone() }
+        ClusterSpec {
+            kind,
+            binary,
+            members: self.members,
+            data_root: self.data_root.clone(),
+            keep_data: self.keep_data,
+        }
     }
 }
 

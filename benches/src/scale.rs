@@ -194,6 +194,8 @@ fn scale_table(results: &[ScaleResult]) -> String {
 pub struct ScaleReport {
     pub machine: Machine,
     pub results: Vec<ScaleResult>,
+    /// Targets whose run failed, with the error.
+    pub failures: Vec<String>,
 }
 
 pub async fn scale(args: ScaleArgs, progress: bool) -> Result<()> {
@@ -204,8 +206,16 @@ pub async fn scale(args: ScaleArgs, progress: bool) -> Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let machine = Machine::describe(&args.servers);
     let mut results = Vec::new();
+    let mut failures = Vec::new();
+    // A failed target does not lose the others' results.
     for &kind in &args.targets {
-        results.push(scale_one(kind, &args, progress).await.with_context(|| format!("scale run against {kind}"))?);
+        match scale_one(kind, &args, progress).await {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("scale run against {kind} failed: {e:#}");
+                failures.push(format!("{kind}: {e:#}"));
+            }
+        }
     }
     let runs: Vec<RunResult> = results
         .iter()
@@ -213,7 +223,10 @@ pub async fn scale(args: ScaleArgs, progress: bool) -> Result<()> {
         .collect();
     print!("{}\n{}", results_table(&runs), scale_table(&results));
     let json = args.out.join("scale.json");
-    write_json(&json, &ScaleReport { machine, results })?;
+    write_json(&json, &ScaleReport { machine, results, failures: failures.clone() })?;
     eprintln!("wrote {}", json.display());
+    if !failures.is_empty() {
+        bail!("scale runs failed: {}", failures.join("; "));
+    }
     Ok(())
 }
