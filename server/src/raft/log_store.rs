@@ -39,6 +39,30 @@ impl LogStore {
         LogStore { db, syncer: Arc::new(syncer) }
     }
 
+    /// What [`RaftLogStorage::append`] does, with any completion callback: writes
+    /// `entries` at once and calls `done` when they are durable (group commit).
+    /// Public for the micro-benchmarks, which cannot build openraft's callback.
+    pub async fn append_then(
+        &self,
+        entries: impl IntoIterator<Item = Entry>,
+        done: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> Result<(), StorageError> {
+        let cf = schema::cf(&self.db, CF_RAFT_LOG);
+        let mut batch = WriteBatch::default();
+        for entry in entries {
+            batch.put_cf(cf, schema::log_key(entry.log_id.index), encode(&entry));
+        }
+        // Written now so that readers see the entries; durable once the group
+        // committer has synced the WAL, which is when openraft hears of it.
+        self.write(batch, false).map_err(write_err)?;
+        // Waits (without blocking a runtime thread) only if the queue is full.
+        self.syncer
+            .sender()
+            .send(Box::new(done))
+            .await
+            .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
+    }
+
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, rocksdb::Error> {
         let bytes = self.db.get_cf(schema::cf(&self.db, CF_RAFT_STATE), key)?;
         Ok(bytes.map(|b| {
@@ -168,20 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let cf = schema::cf(&self.db, CF_RAFT_LOG);
-        let mut batch = WriteBatch::default();
-        for entry in entries {
-            batch.put_cf(cf, schema::log_key(entry.log_id.index), encode(&entry));
-        }
-        // Written now so that readers see the entries; durable once the group
-        // committer has synced the WAL, which is when openraft hears of it.
-        self.write(batch, false).map_err(write_err)?;
-        // Waits (without blocking a runtime thread) only if the queue is full.
-        self.syncer
-            .sender()
-            .send(Box::new(move |result| callback.log_io_completed(result)))
-            .await
-            .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
+        self.append_then(entries, move |result| callback.log_io_completed(result)).await
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

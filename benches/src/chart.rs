@@ -1,0 +1,89 @@
+//! The SVG chart of a comparison: throughput and p99 latency per workload, one
+//! bar per server.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+use plotters::prelude::*;
+
+use crate::cluster::ServerKind;
+use crate::report::RunResult;
+
+const WIDTH: u32 = 1100;
+const HEIGHT: u32 = 450;
+const SERVERS: [(ServerKind, RGBColor); 2] =
+    [(ServerKind::Etcd, RGBColor(66, 133, 244)), (ServerKind::Cairn, RGBColor(219, 68, 55))];
+
+/// One panel: a value per (workload, server).
+fn panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    workloads: &[String],
+    results: &[RunResult],
+    value: impl Fn(&RunResult) -> f64,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let get = |case: &str, k: ServerKind| {
+        results.iter().find(|r| r.case == case && r.target == k.to_string()).map(&value).unwrap_or(0.0)
+    };
+    let top = workloads.iter().flat_map(|w| SERVERS.iter().map(|&(k, _)| get(w, k))).fold(0.0, f64::max);
+    let n = workloads.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..n - 0.5, 0.0..(top * 1.15).max(1.0))
+        .map_err(|e| anyhow!("chart: {e}"))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(workloads.len() + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < workloads.len() {
+                workloads[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .draw()
+        .map_err(|e| anyhow!("chart: {e}"))?;
+    for (s, &(kind, color)) in SERVERS.iter().enumerate() {
+        let bars = workloads.iter().enumerate().map(|(i, w)| {
+            let x0 = i as f64 - 0.4 + 0.4 * s as f64;
+            Rectangle::new([(x0, 0.0), (x0 + 0.38, get(w, kind))], color.filled())
+        });
+        chart
+            .draw_series(bars)
+            .map_err(|e| anyhow!("chart: {e}"))?
+            .label(kind.to_string())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("chart: {e}"))?;
+    Ok(())
+}
+
+/// Writes the chart of `results` to `path`.
+pub fn draw(path: &Path, results: &[RunResult]) -> Result<()> {
+    let mut workloads: Vec<String> = Vec::new();
+    for r in results {
+        if !workloads.contains(&r.case) {
+            workloads.push(r.case.clone());
+        }
+    }
+    let root = SVGBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("chart: {e}"))?;
+    let (left, right) = root.split_horizontally(WIDTH / 2);
+    panel(&left, "throughput (ops/s, higher is better)", &workloads, results, |r| r.throughput_ops_per_second)?;
+    panel(&right, "p99 latency (ms, lower is better)", &workloads, results, |r| r.latency_us.p99 as f64 / 1000.0)?;
+    root.present().map_err(|e| anyhow!("write {}: {e}", path.display()))?;
+    Ok(())
+}
