@@ -337,7 +337,10 @@ async fn interrupted_snapshot_install_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_member_is_rebuilt_from_a_large_snapshot_in_bounded_memory() {
     let mib: usize = std::env::var("CAIRN_TEST_SNAPSHOT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(256);
-    let mut cluster = Cluster::start_with(1, &["--snapshot-count", "100", "--snapshot-catchup-entries", "10"]).await;
+    // Two snapshots during the load: each exports the whole state.
+    let snapshot_count = (mib / 2).max(50).to_string();
+    let mut cluster =
+        Cluster::start_with(1, &["--snapshot-count", &snapshot_count, "--snapshot-catchup-entries", "10"]).await;
     let c = cluster.client(0).await;
     let next = Arc::new(Mutex::new(0usize));
     let mut tasks = Vec::new();

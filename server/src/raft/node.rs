@@ -126,6 +126,12 @@ impl RaftNode {
             snapshot_receipt: std::sync::Mutex::new((0, None)),
         });
         tokio::spawn(log_leadership(node.raft.clone(), id));
+        if node.removed_members().contains(&id) {
+            // Removed before it stopped last time: it is no voter any more, so it
+            // would never contact anyone to be told.
+            tracing::error!(member = format_args!("{id:x}"), "this member was removed from the cluster");
+            node.net.mark_removed();
+        }
         tokio::spawn(watch_own_removal(node.raft.clone(), id, node.net.clone()));
         tokio::spawn(node.clone().promote_pending_voters());
         Ok(node)

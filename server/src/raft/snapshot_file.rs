@@ -1,13 +1,14 @@
 //! The on-disk (and on-the-wire) form of a Raft snapshot and of a backup.
 //!
 //! ```text
-//! FILE_MAGIC | store export (KvStore::export) | meta (bincode) | meta length (u64 BE) | SHA-256
+//! FILE_MAGIC | store export (KvStore::export) | zero padding | meta (bincode) | meta length (u64 BE) | SHA-256
 //! ```
 //!
 //! The metadata comes after the data because it is only known once the export's
 //! consistent view has been read; the SHA-256 covers every byte before it, so a
 //! truncated or corrupted file (an interrupted transfer, a bad disk) is refused
-//! before anything is installed. Files are written and read as streams: memory
+//! before anything is installed. The padding makes the size 32 more than a multiple
+//! of 512, which is what etcdctl checks in a backup before it accepts it. Files are written and read as streams: memory
 //! stays small whatever the size of the state.
 
 use std::fs::File;
@@ -24,6 +25,7 @@ const FILE_MAGIC: &[u8; 8] = b"CAIRNRS1";
 const DIGEST_BYTES: u64 = 32;
 const LEN_BYTES: u64 = 8;
 const IO_BUFFER_BYTES: usize = 1024 * 1024;
+const ETCD_PAGE_BYTES: u64 = 512;
 
 pub type Meta = SnapshotMeta<NodeId, Member>;
 
@@ -66,6 +68,11 @@ pub fn write(path: &Path, export: impl FnOnce(&mut dyn Write) -> io::Result<Meta
     out.write_all(FILE_MAGIC)?;
     let meta = export(&mut out)?;
     let encoded = encode_meta(&meta);
+    // Zero padding so that the file's size is 32 more than a multiple of 512, as an
+    // etcd backup's is: etcdctl checks that before it accepts a snapshot.
+    let unpadded = out.written() + encoded.len() as u64 + LEN_BYTES;
+    let padding = (ETCD_PAGE_BYTES - unpadded % ETCD_PAGE_BYTES) % ETCD_PAGE_BYTES;
+    out.write_all(&vec![0u8; padding as usize])?;
     out.write_all(&encoded)?;
     out.write_all(&(encoded.len() as u64).to_be_bytes())?;
     let digest = out.hasher.clone().finalize();
