@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::network::PeerRpc;
 use super::{AdminRequest, AdminResponse, AdminResult, RaftNode, RaftNodeError};
 use crate::limits::MEMBER_PROBE_TIMEOUT_MS;
-use crate::mvcc::{AlarmKind, Command, MvccError, Revision};
+use crate::mvcc::{AlarmKind, Command, KvStore, MvccError, Revision};
 
 /// One member's hash of its key space at a revision.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,14 +21,14 @@ pub struct KvHash {
     pub compact_revision: Revision,
 }
 
-impl RaftNode {
-    /// This member's HashKV at `revision` (blocking: reads the whole key space).
-    pub fn local_hash_kv(&self, revision: Revision) -> Result<KvHash, MvccError> {
-        let view = self.store.read_view();
-        let (hash, revision) = view.hash_kv(revision)?;
-        Ok(KvHash { hash, revision, compact_revision: view.compact_revision })
-    }
+/// `store`'s HashKV at `revision` (blocking: reads the whole key space).
+pub(super) fn hash_kv_of(store: &KvStore, revision: Revision) -> Result<KvHash, MvccError> {
+    let view = store.read_view();
+    let (hash, revision) = view.hash_kv(revision)?;
+    Ok(KvHash { hash, revision, compact_revision: view.compact_revision })
+}
 
+impl RaftNode {
     /// Runs the check every `interval` while this member leads. Runs until Raft stops.
     pub async fn check_corruption(self: Arc<Self>, interval: Duration) {
         loop {
@@ -46,8 +46,8 @@ impl RaftNode {
     }
 
     async fn compare_hashes(self: &Arc<Self>) -> Result<(), RaftNodeError> {
-        let me = self.clone();
-        let ours = tokio::task::spawn_blocking(move || me.local_hash_kv(0))
+        let store = self.store.clone();
+        let ours = tokio::task::spawn_blocking(move || hash_kv_of(&store, 0))
             .await
             .map_err(|_| RaftNodeError::Stopped)?
             .map_err(|_| RaftNodeError::Timeout)?;

@@ -196,7 +196,12 @@ impl RaftNode {
                 if !barrier {
                     return Ok(Err(AdminError::Unhealthy(format!("revision {revision} not applied here yet"))));
                 }
-                let hash = self.local_hash_kv(revision).map_err(|_| RaftNodeError::Timeout);
+                // Reads the whole key space: off the async workers.
+                let store = self.store.clone();
+                let hash = tokio::task::spawn_blocking(move || super::corruption::hash_kv_of(&store, revision))
+                    .await
+                    .map_err(|_| RaftNodeError::Stopped)?
+                    .map_err(|_| RaftNodeError::Timeout);
                 return Ok(hash.map(AdminResponse::Hash).map_err(AdminError::Raft));
             }
             _ => {}
