@@ -27,4 +27,7 @@ lint: setup
 test: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
-	$(CARGO) test --workspace --all-targets --no-fail-fast -- --test-threads=2
+	# RUST_TEST_THREADS rather than `-- --test-threads`: criterion benches (run once
+	# each in test mode here) refuse libtest arguments.
+	RUST_TEST_THREADS=2 $(CARGO) test --workspace --all-targets --no-fail-fast
+	$(CARGO) test --workspace --doc
