@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{
-    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, MaintenanceService, ObserveLayer, Observer,
-    UnimplementedLayer, WatchService,
+    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, LenientAuthority, MaintenanceService,
+    ObserveLayer, Observer, UnimplementedLayer, WatchService,
 };
 use crate::bootstrap;
 use crate::config::{url_authority, ClusterState, Config};
@@ -124,7 +124,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .add_service(lease)
             .add_service(maintenance)
             .add_service(cluster);
-        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stopped(stop_rx.clone()))));
+        // etcdctl's per-endpoint commands send URLs as :authority, which h2 refuses.
+        let connections = incoming(listener).map(|conn| conn.map(LenientAuthority::new));
+        servers.push(tokio::spawn(router.serve_with_incoming_shutdown(connections, stopped(stop_rx.clone()))));
     }
     tracing::info!(
         name = %config.name,

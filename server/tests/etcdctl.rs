@@ -443,11 +443,10 @@ async fn lease_grant_keep_alive_time_to_live_list_and_revoke() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_endpoint_alarm_defrag_snapshot_and_move_leader_commands() {
     let mut cluster = Cluster::start(3).await;
-    // Without the scheme: etcdctl 3.4 sends an endpoint's whole URL as the HTTP/2
-    // `:authority` of some calls, which the server's HTTP/2 stack (h2) refuses.
-    let all = cluster.endpoints().iter().map(|e| e.trim_start_matches("http://")).collect::<Vec<_>>().join(",");
+    // Full URLs, as operators write them: etcdctl 3.4 then sends the URL itself as
+    // the HTTP/2 `:authority` of its per-endpoint calls (`--cluster` among them).
+    let all = cluster.endpoints().join(",");
     let (_, follower) = leader_and_follower(&cluster).await;
-    let follower = follower.trim_start_matches("http://").to_string();
 
     let table = run(&follower, &["member", "list", "-w", "table"]).await;
     for name in ["n1", "n2", "n3"] {
@@ -482,11 +481,16 @@ async fn member_endpoint_alarm_defrag_snapshot_and_move_leader_commands() {
     let unknown = run_fail(&follower, &["member", "remove", "abcdef"], b"").await;
     assert!(unknown.contains("member not found"), "{unknown}");
 
-    // Endpoint status and hashes over the whole cluster.
-    let status = run(&all, &["endpoint", "status", "-w", "table"]).await;
+    // Endpoint status, health and hashes of every member, found through one.
+    let status = run(&follower, &["endpoint", "status", "--cluster", "-w", "table"]).await;
     assert!(status.contains("RAFT TERM") && status.contains("true"), "{status}");
+    assert_eq!(status.matches("http://").count(), 3, "one row per member:\n{status}");
+    let health = etcdctl(&follower, &["endpoint", "health", "--cluster"]).await;
+    // etcdctl 3.4 reports health on stderr.
+    let report = format!("{}{}", health.stdout, health.stderr);
+    assert!(health.ok && report.matches("is healthy").count() == 3, "{report}");
     run(&all, &["put", "hk", "v"]).await;
-    let hashes = run_json(&all, &["endpoint", "hashkv"]).await;
+    let hashes = run_json(&follower, &["endpoint", "hashkv", "--cluster"]).await;
     let hashes: Vec<i64> = hashes.as_array().expect("array").iter().map(|h| json_i64(&h["HashKV"], "hash")).collect();
     assert_eq!(hashes.len(), 3, "{hashes:?}");
     assert!(hashes.windows(2).all(|w| w[0] == w[1]), "members' hashes agree: {hashes:?}");
@@ -494,8 +498,8 @@ async fn member_endpoint_alarm_defrag_snapshot_and_move_leader_commands() {
     // Alarms, defragmentation, a backup.
     assert_eq!(run(&follower, &["alarm", "list"]).await.trim(), "");
     run(&follower, &["alarm", "disarm"]).await;
-    let defrag = run(&follower, &["defrag"]).await;
-    assert!(defrag.contains("Finished defragmenting"), "{defrag}");
+    let defrag = run(&follower, &["defrag", "--cluster"]).await;
+    assert_eq!(defrag.matches("Finished defragmenting").count(), 3, "{defrag}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("backup.db");
     let saved = run(&follower, &["snapshot", "save", path.to_str().unwrap()]).await;

@@ -1,6 +1,7 @@
 //! The etcd v3 gRPC API on top of Raft and the MVCC store: request conversion and
 //! validation, error mapping, and the services.
 
+mod authority;
 mod cluster;
 mod convert;
 mod error;
@@ -20,6 +21,7 @@ use tonic::Status;
 
 use cairn_proto::etcdserverpb::ResponseHeader;
 
+pub use authority::LenientAuthority;
 pub use cluster::ClusterService;
 pub use error::{admin_status, mvcc_status, raft_status};
 pub use http::{serve_metrics, ObserveLayer, Observer};
