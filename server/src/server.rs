@@ -139,14 +139,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "serving"
     );
     let mut removed = node.removed();
-    let was_removed = tokio::select! {
-        _ = wait_for_signal() => false,
-        _ = removed.wait_for(|r| *r) => true,
+    let stop = tokio::select! {
+        _ = wait_for_signal() => Stop::Asked,
+        _ = removed.wait_for(|r| *r) => Stop::Removed,
+        fatal = raft_failure(&node) => Stop::RaftFailed(fatal),
     };
-    if was_removed {
-        tracing::error!("this member was removed from the cluster; stopping (a removed member cannot rejoin: add a new member with an empty data directory)");
-    } else {
-        tracing::info!("stopping");
+    match &stop {
+        Stop::Asked => tracing::info!("stopping"),
+        Stop::Removed => tracing::error!("this member was removed from the cluster; stopping (a removed member cannot rejoin: add a new member with an empty data directory)"),
+        Stop::RaftFailed(fatal) => tracing::error!(error = %fatal, "raft stopped on a fatal error; stopping (a restart recovers from the durable log and state)"),
     }
     let _ = stop_tx.send(true);
     for server in servers {
@@ -156,10 +157,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let _ = lessor_task.await;
     stop_raft(&node).await;
-    if was_removed {
-        bail!("member {:x} was removed from the cluster", identity.member_id);
+    match stop {
+        Stop::Asked => Ok(()),
+        Stop::Removed => bail!("member {:x} was removed from the cluster", identity.member_id),
+        Stop::RaftFailed(fatal) => bail!("member {:x}: raft stopped: {fatal}", identity.member_id),
     }
-    Ok(())
+}
+
+/// Why a member stops.
+enum Stop {
+    /// SIGINT or SIGTERM.
+    Asked,
+    /// The cluster removed this member.
+    Removed,
+    /// openraft stopped on a fatal error (a storage error, for one); the process
+    /// exits rather than go on serving without Raft.
+    RaftFailed(String),
+}
+
+/// Resolves once openraft's core has stopped on a fatal error.
+async fn raft_failure(node: &Arc<RaftNode>) -> String {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "raft's core ended".to_string();
+        }
+    }
 }
 
 async fn stop_raft(node: &Arc<RaftNode>) {

@@ -70,8 +70,18 @@ impl Peer for PeerService {
 
     async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
         let (_, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
-        let _receiving = self.node.receiving_snapshot();
-        Ok(self.reply(&self.node.raft.install_snapshot(rpc).await))
+        // openraft writes the chunk to the snapshot file and then advances the offset
+        // it tracks. Were this handler cancelled in between (the sender's connection
+        // drops), the file position and that offset would disagree, and the resent
+        // chunk would be written in the wrong place. A task of its own finishes the
+        // chunk whatever happens to the connection.
+        let node = self.node.clone();
+        let chunk = tokio::spawn(async move {
+            let _receiving = node.receiving_snapshot();
+            node.raft.install_snapshot(rpc).await
+        });
+        let handled = chunk.await.map_err(|e| Status::internal(format!("handling a snapshot chunk failed: {e}")))?;
+        Ok(self.reply(&handled))
     }
 
     async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
