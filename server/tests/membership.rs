@@ -292,39 +292,58 @@ async fn put_many(c: &Client, prefix: &str, n: usize) {
     }
 }
 
+/// Puts `n` values of 1 MiB under `prefix`: enough state that a snapshot's transfer
+/// and import take a while.
+async fn put_mib_values(c: &Client, prefix: &str, n: usize, fill: u8) {
+    let mut w = c.clone();
+    for i in 0..n {
+        ok("put 1 MiB", w.put(format!("{prefix}-{i}"), vec![fill; 1024 * 1024], None)).await;
+    }
+}
+
+/// Waits (bounded) until a file whose name starts with `stage` appears in member
+/// `i`'s snapshot directory: `incoming-` during a transfer, `installing` during
+/// an import.
+async fn wait_for_snapshot_stage(cluster: &Cluster, i: usize, stage: &str) {
+    let snap_dir = cluster.data_dir(i).join("snap");
+    let seen = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let hit = std::fs::read_dir(&snap_dir)
+                .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(stage)))
+                .unwrap_or(false);
+            if hit {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "no {stage} file in {} within 120 s", snap_dir.display());
+}
+
+/// How many keys under `prefix` member `i` holds, read locally.
+async fn local_count(cluster: &Cluster, i: usize, prefix: &str) -> i64 {
+    let mut c = connect(&cluster.endpoint(i)).await;
+    let options = etcd_client::GetOptions::new().with_prefix().with_count_only().with_serializable();
+    ok("serializable count", c.get(prefix, Some(options))).await.count()
+}
+
+const SNAPSHOT_OFTEN: [&str; 4] = ["--snapshot-count", "16", "--snapshot-catchup-entries", "4"];
+
 /// A snapshot install interrupted by killing the receiver, during the transfer and
 /// during the import, leaves a member that restarts and ends with the same data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interrupted_snapshot_install_recovers() {
-    let mut cluster = Cluster::start_with(3, &["--snapshot-count", "16", "--snapshot-catchup-entries", "4"]).await;
+    let mut cluster = Cluster::start_with(3, &SNAPSHOT_OFTEN).await;
     let leader = cluster.wait_for_leader().await;
     let lagger = (0..3).find(|&i| i != leader).unwrap();
     let c = cluster.client(leader).await;
-    let snap_dir = cluster.data_dir(lagger).join("snap");
-    for (round, stage) in
-        [("transfer", "incoming-"), ("import", "installing")].into_iter().enumerate().map(|(r, (n, s))| ((r, n), s))
-    {
+    for (round, stage) in [(0u8, "incoming-"), (1, "installing")] {
         cluster.kill(lagger);
         // 48 MiB of state, so that transfer and import take a while.
-        let mut w = c.clone();
-        for n in 0..48 {
-            ok("put", w.put(format!("big{}-{n}", round.0), vec![b'x' + round.0 as u8; 1024 * 1024], None)).await;
-        }
+        put_mib_values(&c, &format!("big{round}"), 48, b'x' + round).await;
         cluster.restart(lagger);
-        let killed = tokio::time::timeout(Duration::from_secs(120), async {
-            loop {
-                let hit = std::fs::read_dir(&snap_dir)
-                    .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().starts_with(stage)))
-                    .unwrap_or(false);
-                if hit {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no {} stage seen within 120 s", round.1));
-        assert!(killed);
+        wait_for_snapshot_stage(&cluster, lagger, stage).await;
         cluster.kill(lagger);
         cluster.restart(lagger);
         caught_up(&cluster, lagger).await;
@@ -333,6 +352,56 @@ async fn interrupted_snapshot_install_recovers() {
     let mut lag = connect(&cluster.endpoint(lagger)).await;
     let got = ok("read", lag.get("big1-47", Some(etcd_client::GetOptions::new().with_serializable()))).await;
     assert_eq!(got.kvs()[0].value().len(), 1024 * 1024);
+}
+
+/// Killing the leader while it sends a snapshot leaves the receiver with its old
+/// state; the next leader sends the snapshot again and every member ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_install_survives_the_sender_being_killed() {
+    let mut cluster = Cluster::start_with(3, &SNAPSHOT_OFTEN).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagger = (0..3).find(|&i| i != leader).unwrap();
+    let c = cluster.client(leader).await;
+    cluster.kill(lagger);
+    put_mib_values(&c, "big", 48, b'x').await;
+    cluster.restart(lagger);
+    wait_for_snapshot_stage(&cluster, lagger, "incoming-").await;
+    cluster.kill(leader);
+    // The remaining two elect a leader; the receiver catches up from it.
+    caught_up(&cluster, lagger).await;
+    assert_eq!(local_count(&cluster, lagger, "big").await, 48);
+    cluster.restart(leader);
+    cluster.wait_ready().await;
+    assert_same_hash(&cluster, &[0, 1, 2]).await;
+}
+
+/// Cutting the network into a member while it receives a snapshot leaves it
+/// serving its old state or the new one, never a part; once the network heals the
+/// transfer is retried and every member ends equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_install_survives_a_network_cut() {
+    let cluster = Cluster::start_cuttable(3, &SNAPSHOT_OFTEN).await;
+    let leader = cluster.wait_for_leader().await;
+    let lagger = (0..3).find(|&i| i != leader).unwrap();
+    let c = cluster.client(leader).await;
+    cluster.cut(lagger);
+    put_mib_values(&c, "big", 48, b'x').await;
+    assert_eq!(local_count(&cluster, lagger, "big").await, 0);
+    cluster.heal(lagger);
+    wait_for_snapshot_stage(&cluster, lagger, "incoming-").await;
+    cluster.cut(lagger);
+    let mut counts = Vec::new();
+    for _ in 0..10 {
+        let count = local_count(&cluster, lagger, "big").await;
+        assert!(count == 0 || count == 48, "a cut member holds the old state or the new one, not {count} of 48 keys");
+        counts.push(count);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    eprintln!("keys the cut member held, every 300 ms: {counts:?}");
+    cluster.heal(lagger);
+    caught_up(&cluster, lagger).await;
+    assert_eq!(local_count(&cluster, lagger, "big").await, 48);
+    assert_same_hash(&cluster, &[0, 1, 2]).await;
 }
 
 /// A new member is built from a large snapshot (streamed in chunks from a file,

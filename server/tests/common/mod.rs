@@ -177,6 +177,8 @@ struct Node {
     /// added later joins with the members of its time and `existing`.
     initial_cluster: String,
     state: &'static str,
+    /// When set, the peer URL other members are told goes through this proxy.
+    proxy: Option<PeerProxy>,
 }
 
 impl Node {
@@ -184,7 +186,15 @@ impl Node {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The peer URL other members use: the proxy's, if there is one.
     fn peer_url(&self) -> String {
+        match &self.proxy {
+            Some(proxy) => format!("http://127.0.0.1:{}", proxy.port),
+            None => self.listen_peer_url(),
+        }
+    }
+
+    fn listen_peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
@@ -227,7 +237,7 @@ impl Node {
             .arg("--advertise-client-urls")
             .arg(self.client_url())
             .arg("--listen-peer-urls")
-            .arg(self.peer_url())
+            .arg(self.listen_peer_url())
             .arg("--initial-advertise-peer-urls")
             .arg(self.peer_url())
             .arg("--initial-cluster")
@@ -316,6 +326,56 @@ impl Node {
     }
 }
 
+/// A TCP forwarder in front of a member's peer listener, on a thread of its own
+/// (tests' runtimes come and go); it stops when dropped.
+struct PeerProxy {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl PeerProxy {
+    fn start(target_port: u16) -> PeerProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
+        listener.set_nonblocking(true).expect("non-blocking proxy listener");
+        let port = listener.local_addr().expect("local_addr").port();
+        let (cut, mut ended) = tokio::sync::watch::channel(false);
+        let cuts = cut.subscribe();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("proxy runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("proxy listener");
+                loop {
+                    tokio::select! {
+                        accepted = listener.accept() => {
+                            if let Ok((inbound, _)) = accepted {
+                                tokio::spawn(forward(inbound, target_port, cuts.clone()));
+                            }
+                        }
+                        // The sender is dropped with the proxy.
+                        changed = ended.changed() => if changed.is_err() { return },
+                    }
+                }
+            });
+        });
+        PeerProxy { port, cut }
+    }
+}
+
+async fn forward(mut inbound: tokio::net::TcpStream, target_port: u16, mut cut: tokio::sync::watch::Receiver<bool>) {
+    if *cut.borrow_and_update() {
+        // Accepted and never answered; dropped once the cut heals.
+        let _ = cut.wait_for(|c| !*c).await;
+        return;
+    }
+    let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+        _ = cut.wait_for(|c| *c) => {}
+    }
+}
+
 fn tail_of(path: &Path, max_bytes: u64) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
@@ -351,10 +411,20 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra` flags for every member.
     pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_inner(n, extra, false).await
+    }
+
+    /// Like [`Cluster::start_with`], with a proxy in front of every member's peer
+    /// listener, so that [`Cluster::cut`] can cut the network into a member.
+    pub async fn start_cuttable(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_inner(n, extra, true).await
+    }
+
+    async fn start_inner(n: usize, extra: &[&str], cuttable: bool) -> Cluster {
         assert!(n >= 1);
         let mut last = String::new();
         for attempt in 1..=START_ATTEMPTS {
-            let mut cluster = Cluster::spawn_new(n, extra);
+            let mut cluster = Cluster::spawn_new(n, extra, cuttable);
             match cluster.wait_ready_inner(false).await {
                 Ok(()) => return cluster,
                 Err(StartError::AddrInUse(msg)) => {
@@ -370,8 +440,8 @@ impl Cluster {
         panic!("starting a {n}-member cluster failed {START_ATTEMPTS} times on busy ports: {last}");
     }
 
-    fn spawn_new(n: usize, extra: &[&str]) -> Cluster {
-        let mut cluster = Cluster::unspawned(n, extra);
+    fn spawn_new(n: usize, extra: &[&str], cuttable: bool) -> Cluster {
+        let mut cluster = Cluster::unspawned(n, extra, cuttable);
         for node in &mut cluster.nodes {
             node.spawn(&cluster.token, &cluster.extra);
         }
@@ -379,7 +449,7 @@ impl Cluster {
     }
 
     /// Members with ports and data directories, not started.
-    fn unspawned(n: usize, extra: &[&str]) -> Cluster {
+    fn unspawned(n: usize, extra: &[&str], cuttable: bool) -> Cluster {
         let ports = free_ports(2 * n);
         let seq = CLUSTER_SEQ.fetch_add(1, Ordering::SeqCst);
         let token = format!("cairn-test-{}-{seq}", std::process::id());
@@ -397,6 +467,7 @@ impl Cluster {
                 spawns: 0,
                 initial_cluster: String::new(),
                 state: "new",
+                proxy: cuttable.then(|| PeerProxy::start(ports[2 * i + 1])),
             });
         }
         let initial_cluster =
@@ -411,7 +482,7 @@ impl Cluster {
     /// Starts an `n`-member cluster whose members are first restored from `backup`
     /// with `cairn restore`, and waits until it is ready.
     pub async fn start_restored(n: usize, backup: &Path) -> Cluster {
-        let mut cluster = Cluster::unspawned(n, &[]);
+        let mut cluster = Cluster::unspawned(n, &[], false);
         for node in &cluster.nodes {
             let out = Command::new(server_binary())
                 .arg("restore")
@@ -422,7 +493,7 @@ impl Cluster {
                 .args(["--initial-cluster", &node.initial_cluster])
                 .args(["--initial-cluster-token", &format!("{}-restored", cluster.token)])
                 .args(["--initial-advertise-peer-urls", &node.peer_url()])
-                .args(["--listen-peer-urls", &node.peer_url()])
+                .args(["--listen-peer-urls", &node.listen_peer_url()])
                 .output()
                 .expect("run cairn restore");
             assert!(
@@ -537,6 +608,7 @@ impl Cluster {
             spawns: 0,
             initial_cluster: String::new(),
             state: "existing",
+            proxy: None,
         });
         i
     }
@@ -544,6 +616,19 @@ impl Cluster {
     /// Member `i`'s peer URL.
     pub fn peer_url(&self, i: usize) -> String {
         self.nodes[i].peer_url()
+    }
+
+    /// Cuts the network into member `i` (of a [`Cluster::start_cuttable`] cluster):
+    /// its open peer connections are reset and new ones are accepted but never
+    /// answered, as in a partition, until [`Cluster::heal`]. What member `i` sends
+    /// to others still arrives.
+    pub fn cut(&self, i: usize) {
+        self.nodes[i].proxy.as_ref().expect("a cuttable cluster").cut.send_replace(true);
+    }
+
+    /// Ends a [`Cluster::cut`].
+    pub fn heal(&self, i: usize) {
+        self.nodes[i].proxy.as_ref().expect("a cuttable cluster").cut.send_replace(false);
     }
 
     /// Starts member `i` (made by [`Cluster::prepare_member`], with an empty data
