@@ -82,6 +82,9 @@ impl Fixture {
                     while let Ok(msg) = rx.try_recv() {
                         match msg {
                             StreamMessage::Events { events, .. } => seen += events.len(),
+                            StreamMessage::Revision { watches, .. } => {
+                                seen += watches.iter().map(|w| w.events.len()).sum::<usize>()
+                            }
                             other => panic!("unexpected {other:?}"),
                         }
                     }

@@ -147,15 +147,30 @@ fn responses(api: &Api, msg: StreamMessage, fragment_bytes: usize) -> Vec<pb::Wa
         }
         StreamMessage::Progress { watch_id, revision } => vec![base(watch_id, revision)],
         StreamMessage::Events { watch_id, revision, events, fragment } => {
-            crate::observability::metrics().watch.events_sent_total.inc_by(events.len() as u64);
-            let events: Vec<mvccpb::Event> = events.into_iter().map(event).collect();
-            let whole = pb::WatchResponse { events, ..base(watch_id, revision) };
-            if !fragment || whole.encoded_len() <= fragment_bytes || whole.events.len() < 2 {
-                return vec![whole];
-            }
-            fragments(whole, fragment_bytes)
+            event_responses(base(watch_id, revision), events, fragment, fragment_bytes)
         }
+        StreamMessage::Revision { revision, watches } => watches
+            .into_iter()
+            .flat_map(|w| event_responses(base(w.watch_id, revision), w.events, w.fragment, fragment_bytes))
+            .collect(),
     }
+}
+
+/// One watch's events as a response, or as fragments when it is too large for one
+/// and the client accepts fragments.
+fn event_responses(
+    base: pb::WatchResponse,
+    events: Vec<Event>,
+    fragment: bool,
+    fragment_bytes: usize,
+) -> Vec<pb::WatchResponse> {
+    crate::observability::metrics().watch.events_sent_total.inc_by(events.len() as u64);
+    let events: Vec<mvccpb::Event> = events.into_iter().map(event).collect();
+    let whole = pb::WatchResponse { events, ..base };
+    if !fragment || whole.encoded_len() <= fragment_bytes || whole.events.len() < 2 {
+        return vec![whole];
+    }
+    fragments(whole, fragment_bytes)
 }
 
 /// Splits an oversized response into fragments, each marked `fragment` but the last.

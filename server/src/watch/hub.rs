@@ -26,12 +26,25 @@ pub enum StreamMessage {
     /// Events of one or more whole revisions; `revision` is the last one's.
     /// `fragment`: the client accepts this split across several responses.
     Events { watch_id: WatchId, revision: Revision, events: Vec<Event>, fragment: bool },
+    /// The events of one revision for every watch of the stream it concerns, as the
+    /// dispatcher sends them: one message per stream and revision, so that a
+    /// stream's buffer holds revisions, however many of its watches match.
+    Revision { revision: Revision, watches: Vec<WatchEvents> },
     /// The watch ended: cancelled by the client, or its start was compacted
     /// (`compact_revision` non-zero).
     Canceled { watch_id: WatchId, reason: String, compact_revision: Revision },
     /// Every event up to `revision` has been sent (for `watch_id`, or for every
     /// watch of the stream when it is -1).
     Progress { watch_id: WatchId, revision: Revision },
+}
+
+/// One watch's share of a [`StreamMessage::Revision`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct WatchEvents {
+    pub watch_id: WatchId,
+    pub events: Vec<Event>,
+    /// The client accepts these split across several responses.
+    pub fragment: bool,
 }
 
 /// What a watch selects and how.
@@ -356,7 +369,8 @@ impl WatchHub {
         if rev.revision <= state.dispatched {
             return; // announced again after a lag; already covered
         }
-        let mut per_watcher: HashMap<WatcherKey, (bool, Vec<Event>)> = HashMap::new();
+        // Ordered, so that each stream's watchers are contiguous.
+        let mut per_watcher: BTreeMap<WatcherKey, WatchEvents> = BTreeMap::new();
         let mut hits = Vec::new();
         for event in &rev.events {
             hits.clear();
@@ -364,29 +378,48 @@ impl WatchHub {
             for key in &hits {
                 let w = &state.watchers[key];
                 if w.next <= rev.revision && w.wants(event) {
-                    per_watcher.entry(*key).or_insert_with(|| (w.fragment, Vec::new())).1.push(w.shape(event));
+                    per_watcher
+                        .entry(*key)
+                        .or_insert_with(|| WatchEvents {
+                            watch_id: key.watch,
+                            events: Vec::new(),
+                            fragment: w.fragment,
+                        })
+                        .events
+                        .push(w.shape(event));
                 }
             }
         }
         let mut fell_behind = false;
-        for (key, (fragment, events)) in per_watcher {
-            let Some(slot) = state.streams.get(&key.stream) else { continue };
-            let msg = StreamMessage::Events { watch_id: key.watch, revision: rev.revision, events, fragment };
-            match slot.tx.try_send(msg) {
+        let mut matched = per_watcher.into_iter().peekable();
+        while let Some((first, events)) = matched.next() {
+            let stream = first.stream;
+            let mut watches = vec![events];
+            while let Some((_, events)) = matched.next_if(|(k, _)| k.stream == stream) {
+                watches.push(events);
+            }
+            let Some(slot) = state.streams.get(&stream) else { continue };
+            let ids: Vec<WatchId> = watches.iter().map(|w| w.watch_id).collect();
+            match slot.tx.try_send(StreamMessage::Revision { revision: rev.revision, watches }) {
                 Ok(()) => {
-                    if let Some(w) = state.watchers.get_mut(&key) {
-                        w.next = rev.revision + 1;
+                    for watch in ids {
+                        if let Some(w) = state.watchers.get_mut(&WatcherKey { stream, watch }) {
+                            w.next = rev.revision + 1;
+                        }
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    // A slow client: it will read this revision from history.
-                    if let Some(w) = state.watchers.get_mut(&key) {
-                        w.next = rev.revision;
+                    // A slow client: its watchers read this revision from history.
+                    for watch in ids {
+                        let key = WatcherKey { stream, watch };
+                        if let Some(w) = state.watchers.get_mut(&key) {
+                            w.next = rev.revision;
+                        }
+                        state.unsync(key);
                     }
-                    state.unsync(key);
                     fell_behind = true;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => state.close_stream(key.stream),
+                Err(mpsc::error::TrySendError::Closed(_)) => state.close_stream(stream),
             }
         }
         state.dispatched = rev.revision;
@@ -578,5 +611,49 @@ async fn progress_loop(hub: Weak<WatchHub>, interval: Duration) {
             Some(hub) => hub.notify_progress(),
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::{Command, PutRequest};
+
+    fn prefix_watch(start_revision: Revision) -> WatchSpec {
+        WatchSpec {
+            watch_id: None,
+            key: b"/p/".to_vec(),
+            range_end: b"/p0".to_vec(),
+            start_revision,
+            no_put: false,
+            no_delete: false,
+            prev_kv: false,
+            progress_notify: false,
+            fragment: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn more_matching_watches_than_a_stream_buffers_stay_live() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvStore::open(crate::schema::open_db(&dir.path().join("db")).unwrap());
+        let hub = WatchHub::start(store.clone(), Duration::from_secs(600));
+        let (guard, mut rx) = hub.open_stream();
+        let watches = 3 * WATCH_STREAM_BUFFER_MESSAGES;
+        let rev = store.status().revision;
+        for _ in 0..watches {
+            hub.create(guard.id, prefix_watch(rev + 1), rev).await.unwrap();
+            assert!(matches!(rx.recv().await, Some(StreamMessage::Created { .. })));
+        }
+        let put = Command::Put(PutRequest { key: b"/p/k".to_vec(), value: b"v".to_vec(), ..Default::default() });
+        store.apply(&put, &[]).unwrap();
+        let msg = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        let StreamMessage::Revision { revision, watches: got } = msg else {
+            panic!("one message per revision: {msg:?}")
+        };
+        assert_eq!(revision, rev + 1);
+        assert_eq!(got.len(), watches);
+        assert!(got.iter().all(|w| w.events.len() == 1 && w.events[0].kv.key == b"/p/k"));
+        assert_eq!(hub.stats().2, 0, "no watch fell back to catching up from history");
     }
 }

@@ -12,7 +12,7 @@
 mod hub;
 mod index;
 
-pub use hub::{StreamGuard, StreamId, StreamMessage, WatchError, WatchHub, WatchSpec};
+pub use hub::{StreamGuard, StreamId, StreamMessage, WatchError, WatchEvents, WatchHub, WatchSpec};
 
 /// A watch's ID within its stream, as in etcd (`-1` addresses the whole stream).
 pub type WatchId = i64;
