@@ -8,13 +8,17 @@
 //! otherwise, and neither tonic nor hyper sees the request first.
 //!
 //! [`LenientAuthority`] therefore sits between a client connection and h2 and reads
-//! the HTTP/2 frames the client sends. Every header block is decoded, which keeps a
-//! mirror of the client's HPACK table. A block whose `:authority` is valid is handed
-//! on byte for byte. A block with an invalid one is encoded afresh with the URL
-//! reduced to its `host:port` (or without `:authority` when nothing valid is left).
-//! From then on every block of that connection is re-encoded, since the client's
-//! table no longer matches h2's; the first re-encoded block empties h2's table with
-//! a size update, and the encoder keeps it empty.
+//! the HTTP/2 frames the client sends, up to the end of the first header block.
+//! gRPC clients send one `:authority` for every request of a connection (it belongs
+//! to the channel), so that block decides:
+//!
+//! - its `:authority` is acceptable (every client but etcdctl's per-endpoint ones):
+//!   it is handed on byte for byte and so is the rest of the connection, unexamined;
+//! - it is not: the block is encoded afresh with the URL reduced to its `host:port`
+//!   (or without `:authority` when nothing valid is left), and so is every later
+//!   block of the connection, decoded with a mirror of the client's HPACK table.
+//!   The first re-encoded block empties h2's table with a size update, and the
+//!   encoder keeps it empty, so h2's table never disagrees with what it is sent.
 //!
 //! Only the reading direction is touched, and only header blocks; frame payloads
 //! pass through as they arrive. Anything that is not HTTP/2 from a client (HTTP/1.1
@@ -234,8 +238,11 @@ impl<IO> LenientAuthority<IO> {
         }
         let changed = fix_authority(&mut headers);
         if !changed && self.encoder.is_none() {
+            // A gRPC client sends the same :authority on every request of a
+            // connection (it is the channel's): once the first is acceptable, the
+            // rest of the connection passes through unexamined, at no cost.
             self.ready.unsplit(block.original);
-            self.state = State::FrameHeader;
+            self.state = State::Raw;
             return;
         }
         let mut encoded = Vec::new();
@@ -569,10 +576,11 @@ mod tests {
         seen
     }
 
+    /// The first request decides how the connection is treated: it has a URL here.
     fn requests() -> Vec<Request> {
         vec![
-            Request { authority: Some("127.0.0.1:2379"), path: "/a", body: b"" },
-            Request { authority: Some("http://127.0.0.1:2379"), path: "/b", body: b"payload-b" },
+            Request { authority: Some("http://127.0.0.1:2379"), path: "/a", body: b"" },
+            Request { authority: Some("127.0.0.1:2379"), path: "/b", body: b"payload-b" },
             Request { authority: Some("127.0.0.1:2379"), path: "/c", body: b"" },
             Request { authority: Some("https://[::1]:2379/"), path: "/d", body: b"payload-d" },
             Request { authority: Some("unix:///var/run/cairn.sock"), path: "/e", body: b"" },
@@ -617,7 +625,20 @@ mod tests {
         let bytes = client_bytes(&requests()[..3]);
         let seen = serve(server, client, bytes, 2).await;
         let paths: Vec<_> = seen.iter().map(|s| s.path.as_str()).collect();
-        assert_eq!(paths, ["/a", "/c"]);
+        assert_eq!(paths, ["/b", "/c"]);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_is_acceptable_passes_through_unexamined() {
+        // The same requests, but the first with host:port: from then on h2 reads the
+        // client's bytes as they are, and refuses the later URL itself.
+        let mut requests = requests();
+        requests.swap(0, 1);
+        let (client, server) = tokio::io::duplex(100_000);
+        let bytes = client_bytes(&requests[..3]);
+        let seen = serve(LenientAuthority::new(server), client, bytes, 2).await;
+        let paths: Vec<_> = seen.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(paths, ["/b", "/c"]);
     }
 
     #[tokio::test]
