@@ -2,13 +2,19 @@
 //! bar per server.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
 use crate::cluster::ServerKind;
 use crate::report::RunResult;
 
+/// The font text is measured and drawn with (Debian's fonts-dejavu-core, which
+/// scripts/setup.sh installs): plotters' pure-Rust text backend reads no system
+/// font configuration, so the font is registered by hand.
+const FONT_PATH: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
+const FONT_FAMILY: &str = "sans-serif";
 const WIDTH: u32 = 1100;
 const HEIGHT: u32 = 450;
 const SERVERS: [(ServerKind, RGBColor); 2] =
@@ -31,7 +37,7 @@ where
     let top = workloads.iter().flat_map(|w| SERVERS.iter().map(|&(k, _)| get(w, k))).fold(0.0, f64::max);
     let n = workloads.len() as f64;
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 20))
+        .caption(title, (FONT_FAMILY, 20))
         .margin(15)
         .x_label_area_size(30)
         .y_label_area_size(70)
@@ -71,8 +77,26 @@ where
     Ok(())
 }
 
+/// Registers [`FONT_PATH`] as [`FONT_FAMILY`], once per process.
+fn register_font() -> Result<()> {
+    static REGISTERED: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            let bytes = std::fs::read(FONT_PATH)
+                .map_err(|e| format!("reading {FONT_PATH} (install fonts-dejavu-core): {e}"))?;
+            // plotters keeps a reference for the life of the process.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, bytes)
+                .map_err(|_| format!("{FONT_PATH} is not a font plotters can read"))
+        })
+        .clone()
+        .map_err(|e| anyhow!(e))
+        .context("the chart needs a font")
+}
+
 /// Writes the chart of `results` to `path`.
 pub fn draw(path: &Path, results: &[RunResult]) -> Result<()> {
+    register_font()?;
     let mut workloads: Vec<String> = Vec::new();
     for r in results {
         if !workloads.contains(&r.case) {
@@ -86,4 +110,25 @@ pub fn draw(path: &Path, results: &[RunResult]) -> Result<()> {
     panel(&right, "p99 latency (ms, lower is better)", &workloads, results, |r| r.latency_us.p99 as f64 / 1000.0)?;
     root.present().map_err(|e| anyhow!("write {}: {e}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_the_recorded_comparison() {
+        let recorded = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/results/compare.json")).unwrap();
+        let recorded: serde_json::Value = serde_json::from_str(&recorded).unwrap();
+        let results: Vec<RunResult> = serde_json::from_value(recorded["results"].clone()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("compare.svg");
+        draw(&path, &results).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        assert!(svg.starts_with("<svg"), "{svg:.200}");
+        assert!(svg.contains("p99 latency (ms, lower is better)"));
+        for r in &results {
+            assert!(svg.contains(&r.case), "the chart names {}", r.case);
+        }
+    }
 }
