@@ -104,6 +104,10 @@ pub const PEER_FORWARD_TIMEOUT_MS: u64 = 10_000;
 /// Bounded wait for a leader before a request is answered "no leader".
 pub const LEADER_WAIT_MS_MAX: u64 = 5_000;
 
+/// Bound on one attempt to publish a member's name and client URLs, in election
+/// timeouts; a slower attempt is abandoned and the next one starts.
+pub const PUBLISH_ATTEMPT_ELECTION_TIMEOUTS: u64 = 3;
+
 /// Times a follower re-forwards a request whose target stopped being leader.
 pub const FORWARD_ATTEMPTS_MAX: usize = 5;
 

@@ -142,6 +142,21 @@ fn header_rev(v: &Value) -> i64 {
 }
 
 /// Endpoints of the leader and of one follower.
+/// Waits (bounded) until `members` members are listed, each with client URLs.
+async fn wait_published(endpoint: &str, members: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = run_json(endpoint, &["member", "list"]).await;
+        let listed = list["members"].as_array().cloned().unwrap_or_default();
+        let published = listed.iter().filter(|m| m["clientURLs"].as_array().is_some_and(|u| !u.is_empty())).count();
+        if listed.len() == members && published == members {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "members did not all publish their client URLs: {list}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn leader_and_follower(cluster: &Cluster) -> (String, String) {
     let leader = cluster.wait_for_leader().await;
     let follower = (0..cluster.size()).find(|&i| i != leader).unwrap();
@@ -481,7 +496,9 @@ async fn member_endpoint_alarm_defrag_snapshot_and_move_leader_commands() {
     let unknown = run_fail(&follower, &["member", "remove", "abcdef"], b"").await;
     assert!(unknown.contains("member not found"), "{unknown}");
 
-    // Endpoint status, health and hashes of every member, found through one.
+    // Endpoint status, health and hashes of every member, found through one. A
+    // member is listed with its client URLs once it has published them.
+    wait_published(&follower, 3).await;
     let status = run(&follower, &["endpoint", "status", "--cluster", "-w", "table"]).await;
     assert!(status.contains("RAFT TERM") && status.contains("true"), "{status}");
     assert_eq!(status.matches("http://").count(), 3, "one row per member:\n{status}");

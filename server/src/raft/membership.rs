@@ -22,7 +22,7 @@ use super::network::PeerRpc;
 use super::{Member, NodeId, RaftNode, RaftNodeError};
 use crate::limits::{
     LEADER_TRANSFER_CATCHUP_MS_MAX, LEARNERS_MAX, LEARNER_READY_PERCENT, MEMBER_PROBE_TIMEOUT_MS,
-    PENDING_VOTER_CHECK_INTERVAL_MS,
+    PENDING_VOTER_CHECK_INTERVAL_MS, PUBLISH_ATTEMPT_ELECTION_TIMEOUTS,
 };
 
 /// One member as the Cluster API shows it.
@@ -514,9 +514,14 @@ impl RaftNode {
             }
             if known.is_some() {
                 let req = AdminRequest::Publish { id: self.id, name: name.clone(), client_urls: client_urls.clone() };
-                match self.admin(req).await {
-                    Ok(_) => {}
-                    Err(e) => tracing::debug!(error = %e, "publishing member attributes failed; will retry"),
+                // Publishing is idempotent: an attempt that hangs (a leader change
+                // mid-way) is abandoned for a fresh one rather than waited out.
+                let attempt =
+                    Duration::from_millis(PUBLISH_ATTEMPT_ELECTION_TIMEOUTS * self.settings.election_timeout_ms);
+                match timeout(attempt, self.admin(req)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::debug!(error = %e, "publishing member attributes failed; will retry"),
+                    Err(_) => tracing::debug!(?attempt, "publishing member attributes timed out; will retry"),
                 }
             }
             sleep(Duration::from_millis(self.settings.election_timeout_ms)).await;
