@@ -307,7 +307,9 @@ impl DeleteOp {
     }
 }
 
-macro_rules! get_options {
+/// The key-range selectors of the builders whose request (`self.req`) has `key`
+/// and `range_end`: get, delete and watch.
+macro_rules! key_range_options {
     () => {
         /// Every key starting with the given key (an empty key: every key).
         pub fn prefix(mut self) -> Self {
@@ -315,7 +317,7 @@ macro_rules! get_options {
                 self.req.key = vec![0];
                 self.req.range_end = vec![0];
             } else {
-                self.req.range_end = prefix_end(&self.req.key);
+                self.req.range_end = $crate::kv::prefix_end(&self.req.key);
             }
             self
         }
@@ -331,6 +333,13 @@ macro_rules! get_options {
             self.req.range_end = vec![0];
             self
         }
+    };
+}
+pub(crate) use key_range_options;
+
+macro_rules! get_options {
+    () => {
+        $crate::kv::key_range_options!();
 
         /// At most `n` keys (0: no limit); `more` tells whether there were more.
         pub fn limit(mut self, n: i64) -> Self {
@@ -438,28 +447,7 @@ macro_rules! put_options {
 
 macro_rules! delete_options {
     () => {
-        /// Every key starting with the given key (an empty key: every key).
-        pub fn prefix(mut self) -> Self {
-            if self.req.key.is_empty() {
-                self.req.key = vec![0];
-                self.req.range_end = vec![0];
-            } else {
-                self.req.range_end = prefix_end(&self.req.key);
-            }
-            self
-        }
-
-        /// Every key in `[key, end)`.
-        pub fn range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-            self.req.range_end = end.into();
-            self
-        }
-
-        /// Every key greater than or equal to the given key.
-        pub fn from_key(mut self) -> Self {
-            self.req.range_end = vec![0];
-            self
-        }
+        $crate::kv::key_range_options!();
 
         /// Return the deleted key-values in the response.
         pub fn prev_kv(mut self) -> Self {

@@ -17,7 +17,7 @@ use tokio_stream::StreamExt;
 
 use crate::client::{backoff, Client};
 use crate::error::{classify, Effect, Error, Result, Verdict};
-use crate::kv::{prefix_end, BoxFuture, Header, KeyValue};
+use crate::kv::{BoxFuture, Header, KeyValue};
 use crate::options::{WATCH_FRAGMENT_EVENTS_MAX, WATCH_REQUESTS_PENDING_MAX};
 
 /// What happened to a key.
@@ -123,28 +123,7 @@ pub struct Watch {
 }
 
 impl Watch {
-    /// Every key starting with the given key (an empty key: every key).
-    pub fn prefix(mut self) -> Self {
-        if self.req.key.is_empty() {
-            self.req.key = vec![0];
-            self.req.range_end = vec![0];
-        } else {
-            self.req.range_end = prefix_end(&self.req.key);
-        }
-        self
-    }
-
-    /// Every key in `[key, end)`.
-    pub fn range_end(mut self, end: impl Into<Vec<u8>>) -> Self {
-        self.req.range_end = end.into();
-        self
-    }
-
-    /// Every key greater than or equal to the given key.
-    pub fn from_key(mut self) -> Self {
-        self.req.range_end = vec![0];
-        self
-    }
+    crate::kv::key_range_options!();
 
     /// Deliver every change from revision `rev` on (inclusive). Without it the
     /// stream starts after the revision current when the watch is created,

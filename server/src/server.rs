@@ -178,14 +178,11 @@ enum Stop {
 /// Resolves once openraft's core has stopped on a fatal error.
 async fn raft_failure(node: &Arc<RaftNode>) -> String {
     let mut metrics = node.raft.metrics();
-    loop {
-        if let Err(fatal) = &metrics.borrow_and_update().running_state {
-            return fatal.to_string();
-        }
-        if metrics.changed().await.is_err() {
-            return "raft's core ended".to_string();
-        }
-    }
+    let failed = match metrics.wait_for(|m| m.running_state.is_err()).await {
+        Ok(m) => m.running_state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+        Err(_) => "raft's core ended".to_string(),
+    };
+    failed
 }
 
 async fn stop_raft(node: &Arc<RaftNode>) {
