@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_server::mvcc::{Command, PutRequest};
-use cairn_server::raft::{Entry, LogStore};
+use cairn_server::raft::{Entry, LogStore, Proposal};
 use cairn_server::schema;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
@@ -19,7 +19,10 @@ fn entry(index: u64) -> Entry {
         value: vec![b'v'; VALUE_BYTES],
         ..Default::default()
     };
-    Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(Command::Put(put)) }
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(Proposal(vec![Command::Put(put)])),
+    }
 }
 
 fn bench_append(c: &mut Criterion) {

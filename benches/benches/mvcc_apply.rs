@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use cairn_server::mvcc::{Command, KvStore, PutRequest, RequestOp, TxnRequest};
-use cairn_server::raft::{Entry, StateMachine};
+use cairn_server::raft::{Entry, Proposal, StateMachine};
 use cairn_server::schema;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::storage::RaftStateMachine;
@@ -39,7 +39,10 @@ impl Fixture {
             .map(|cmd| {
                 let index = self.next_index.get();
                 self.next_index.set(index + 1);
-                Entry { log_id: LogId::new(CommittedLeaderId::new(1, 1), index), payload: EntryPayload::Normal(cmd) }
+                Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(Proposal(vec![cmd])),
+                }
             })
             .collect()
     }
@@ -47,7 +50,7 @@ impl Fixture {
     fn apply(&self, entries: Vec<Entry>) {
         let mut sm = self.sm.clone();
         let outcomes = self.rt.block_on(sm.apply(entries)).expect("apply");
-        assert!(outcomes.iter().all(|o| o.result.is_ok()), "every command applies");
+        assert!(outcomes.iter().flatten().all(|o| o.result.is_ok()), "every command applies");
     }
 }
 

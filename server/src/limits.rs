@@ -45,6 +45,20 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 /// Most log entries sent in one AppendEntries RPC.
 pub const APPEND_ENTRIES_MAX: u64 = 1_024;
 
+/// Most batches of client commands proposed to Raft and not yet applied at once, on
+/// the leader. openraft 0.9 appends one entry at a time and waits for its fsync before
+/// it takes the next request, so every proposal costs one fsync on the leader's
+/// critical path; commands that arrive while this many batches are in flight wait
+/// and go together in the next one.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
+
+/// Most client commands in one Raft entry.
+pub const PROPOSAL_BATCH_COMMANDS_MAX: usize = 1_024;
+
+/// Most bytes (encoded) of client commands in one Raft entry; a single larger
+/// command (up to the request limit) still goes alone.
+pub const PROPOSAL_BATCH_BYTES_MAX: u64 = 1024 * 1024;
+
 /// Most bytes of log entries sent in one AppendEntries RPC (a single larger entry is
 /// still sent alone). openraft gives each AppendEntries one heartbeat interval, so a
 /// batch must encode, travel and be appended well within it.

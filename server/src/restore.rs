@@ -41,7 +41,13 @@ pub fn restore(backup: &Path, config: &Config) -> anyhow::Result<Restored> {
     store
         .import(&mut snapshot_file::data_reader(backup)?)
         .with_context(|| format!("importing {}", backup.display()))?;
-    store.delete_meta(&[meta_keys::APPLIED, meta_keys::MEMBERSHIP, meta_keys::REMOVED_MEMBERS, meta_keys::ALARMS])?;
+    store.delete_meta(&[
+        meta_keys::APPLIED,
+        meta_keys::APPLYING,
+        meta_keys::MEMBERSHIP,
+        meta_keys::REMOVED_MEMBERS,
+        meta_keys::ALARMS,
+    ])?;
     let identity = bootstrap::create_restored(&db, config, digest)?;
     let revision = store.status().revision;
     drop(store);

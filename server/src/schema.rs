@@ -49,6 +49,9 @@ pub mod raft_state_keys {
 pub mod meta_keys {
     /// Last applied log id.
     pub const APPLIED: &[u8] = b"applied";
+    /// While the commands of one entry are applied (each in a batch of its own): the
+    /// entry's log id and how many of its commands are applied (bincode).
+    pub const APPLYING: &[u8] = b"applying";
     /// Last applied membership.
     pub const MEMBERSHIP: &[u8] = b"membership";
     /// Current MVCC revision (i64, big endian).

@@ -224,6 +224,17 @@ impl Command {
         }
     }
 
+    /// Whether its answer is small (carries no previous values or ranges, which can
+    /// be far larger than the request).
+    pub fn answer_is_small(&self) -> bool {
+        match self {
+            Command::Put(p) => !p.prev_kv,
+            Command::DeleteRange(d) => !d.prev_kv,
+            Command::Txn(_) => false,
+            _ => true,
+        }
+    }
+
     /// Whether it is a client's change of the key space (refused while CORRUPT is
     /// raised); lease expiry, checkpoints and alarms still apply.
     pub fn is_client_write(&self) -> bool {

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
 use super::network::{PeerCallError, PeerRpc};
+use super::proposal_batch::ProposalBatcher;
 use super::read_index::ReadBatcher;
-use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Raft, StateMachine};
+use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT, PEER_FORWARD_TIMEOUT_MS,
     SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
@@ -72,6 +73,11 @@ pub struct RaftNode {
     pub(super) settings: RaftSettings,
     local_reads: Arc<ReadBatcher>,
     leader_reads: Arc<ReadBatcher>,
+    /// Client commands waiting to be proposed together, with the index of the entry
+    /// that carried each.
+    proposal_batch: Arc<ProposalBatcher<(u64, ApplyOutcome)>>,
+    /// Writes waiting to be forwarded to the leader together.
+    forwards: Arc<ProposalBatcher<Forwarded>>,
     pub(super) store: Arc<KvStore>,
     /// One membership change at a time on this leader.
     pub(super) admin_lock: tokio::sync::Mutex<()>,
@@ -119,6 +125,8 @@ impl RaftNode {
             settings,
             local_reads: Arc::default(),
             leader_reads: Arc::default(),
+            proposal_batch: Arc::default(),
+            forwards: Arc::default(),
             store,
             admin_lock: tokio::sync::Mutex::new(()),
             proposals: tokio::sync::RwLock::new(()),
@@ -228,9 +236,32 @@ impl RaftNode {
     }
 
     async fn write_via_leader(&self, cmd: Command) -> Result<ApplyOutcome, RaftNodeError> {
-        // Each NotLeader from `propose_local` means the command was not appended
-        // anywhere, so trying again cannot apply it twice.
-        self.on_leader(PeerRpc::Forward, &cmd, || self.propose_local(cmd.clone())).await
+        // Each NotLeader from `propose_local`, and each forwarded batch that never
+        // reached the leader, means the command was not appended anywhere, so trying
+        // again cannot apply it twice.
+        for _ in 0..FORWARD_ATTEMPTS_MAX {
+            match self.propose_local(cmd.clone()).await {
+                Err(RaftNodeError::NotLeader { .. }) => {}
+                other => return other,
+            }
+            crate::observability::step("forwarded");
+            let (raft, net, id) = (self.raft.clone(), self.net.clone(), self.id);
+            let submit = move |commands| forward_batch(raft.clone(), net.clone(), id, commands);
+            match self.forwards.propose(cmd.clone(), !cmd.answer_is_small(), submit).await {
+                Ok(Forwarded::Answered { leader, result: Err(RaftNodeError::NotLeader { .. }) })
+                | Ok(Forwarded::Undelivered { leader }) => {
+                    self.wait_for_leader_other_than(Some(leader)).await?;
+                }
+                Ok(Forwarded::Answered { result, .. }) => return result,
+                // This member leads now: proposed locally on the next round.
+                Err(RaftNodeError::NotLeader { leader }) if leader == Some(self.id) => {}
+                Err(RaftNodeError::NotLeader { leader: None }) => {
+                    self.wait_for_leader_other_than(None).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(RaftNodeError::NoLeader)
     }
 
     /// Runs a lease request on the leader: `local` here if this member leads, else on
@@ -341,22 +372,10 @@ impl RaftNode {
             }
         }
         crate::observability::step("proposed");
-        match self.raft.client_write(cmd).await {
-            Ok(resp) => Ok(crate::observability::entry_applied(resp.log_id.index, resp.data)),
-            // openraft answers ForwardToLeader both to a request that arrived just
-            // after this member lost leadership and to one whose entry it had already
-            // appended (and perhaps replicated) before a new leader truncated it here;
-            // such an entry may still be committed by a later leader. Retrying could
-            // apply it twice, so the outcome is reported as unknown, as etcd does.
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(RaftNodeError::LeaderChanged),
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                unreachable!("a normal write cannot fail with a membership error: {e}")
-            }
-            Err(RaftError::Fatal(e)) => {
-                tracing::error!(error = %e, "raft stopped");
-                Err(RaftNodeError::Stopped)
-            }
-        }
+        let raft = self.raft.clone();
+        let submit = move |commands| submit_proposal(raft.clone(), commands);
+        let (index, outcome) = self.proposal_batch.propose(cmd, false, submit).await?;
+        Ok(crate::observability::entry_applied(index, outcome))
     }
 
     async fn wait_for_leader_other_than(&self, old: Option<NodeId>) -> Result<NodeId, RaftNodeError> {
@@ -499,6 +518,88 @@ async fn watch_own_removal(raft: Raft, id: NodeId, net: PeerNetwork) {
         }
         if rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// What became of one forwarded command.
+#[derive(Debug)]
+enum Forwarded {
+    /// `leader` answered this.
+    Answered { leader: NodeId, result: Result<ApplyOutcome, RaftNodeError> },
+    /// The batch certainly did not reach `leader`: nothing was proposed.
+    Undelivered { leader: NodeId },
+}
+
+/// Forwards `commands` to the current leader in one peer call.
+async fn forward_batch(
+    raft: Raft,
+    net: PeerNetwork,
+    me: NodeId,
+    commands: Vec<Command>,
+) -> Result<Vec<Forwarded>, RaftNodeError> {
+    let (leader, node) = {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader {
+            Some(leader) if leader != me => (leader, m.membership_config.membership().get_node(&leader).cloned()),
+            other => return Err(RaftNodeError::NotLeader { leader: other }),
+        }
+    };
+    let count = commands.len();
+    let undelivered = || Ok((0..count).map(|_| Forwarded::Undelivered { leader }).collect());
+    let Some(node) = node else { return undelivered() };
+    let timeout = Duration::from_millis(PEER_FORWARD_TIMEOUT_MS);
+    match net
+        .call::<_, Vec<Result<ApplyOutcome, RaftNodeError>>>(leader, &node, PeerRpc::Forward, &commands, timeout)
+        .await
+    {
+        Ok(results) if results.len() == count => {
+            Ok(results.into_iter().map(|result| Forwarded::Answered { leader, result }).collect())
+        }
+        Ok(results) => {
+            tracing::warn!(
+                leader = format_args!("{leader:x}"),
+                sent = count,
+                answered = results.len(),
+                "the leader answered a forwarded batch short"
+            );
+            Err(RaftNodeError::OutcomeUnknown)
+        }
+        Err(PeerCallError::BadAddress { .. }) | Err(PeerCallError::Unreachable { .. }) => undelivered(),
+        Err(e) => {
+            tracing::warn!(leader = format_args!("{leader:x}"), error = %e, "forwarding to the leader failed");
+            Err(RaftNodeError::OutcomeUnknown)
+        }
+    }
+}
+
+/// Proposes `commands` as one entry if this member leads; answers the index of the
+/// entry and each command's outcome.
+async fn submit_proposal(raft: Raft, commands: Vec<Command>) -> Result<Vec<(u64, ApplyOutcome)>, RaftNodeError> {
+    {
+        // Leadership may have moved while the commands waited for a slot; nothing is
+        // submitted then, so the callers may safely try the leader instead.
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        if m.state != ServerState::Leader {
+            return Err(RaftNodeError::NotLeader { leader: m.current_leader });
+        }
+    }
+    match raft.client_write(Proposal(commands)).await {
+        Ok(resp) => Ok(resp.data.into_iter().map(|outcome| (resp.log_id.index, outcome)).collect()),
+        // openraft answers ForwardToLeader both to a request that arrived just after
+        // this member lost leadership and to one whose entry it had already appended
+        // (and perhaps replicated) before a new leader truncated it here; such an
+        // entry may still be committed by a later leader. Retrying could apply it
+        // twice, so the outcome is reported as unknown, as etcd does.
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(RaftNodeError::LeaderChanged),
+        Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
+            unreachable!("a normal write cannot fail with a membership error: {e}")
+        }
+        Err(RaftError::Fatal(e)) => {
+            tracing::error!(error = %e, "raft stopped");
+            Err(RaftNodeError::Stopped)
         }
     }
 }

@@ -85,8 +85,11 @@ impl Peer for PeerService {
     }
 
     async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, cmd): (_, Command) = self.open(req)?;
-        Ok(self.reply(&self.node.propose_local(cmd).await))
+        // A follower's batch of forwarded commands: proposed together (in order, so
+        // they most likely share one entry), answered together.
+        let (_, commands): (_, Vec<Command>) = self.open(req)?;
+        let results = futures::future::join_all(commands.into_iter().map(|c| self.node.propose_local(c))).await;
+        Ok(self.reply(&results))
     }
 
     async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {

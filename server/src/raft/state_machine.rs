@@ -22,8 +22,8 @@ use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use tokio::fs::File as AsyncFile;
 
 use super::snapshot_file::{self, Meta};
-use super::{Entry, LogId, NodeId, StorageError, StoredMembership, TypeConfig};
-use crate::mvcc::{decode_meta, encode_meta, ApplyOutcome, CommandResponse, KvStore};
+use super::{Entry, LogId, NodeId, Proposal, StorageError, StoredMembership, TypeConfig};
+use crate::mvcc::{decode_meta, encode_meta, ApplyOutcome, Command, CommandResponse, KvStore};
 use crate::schema::meta_keys;
 
 /// The latest snapshot of this member.
@@ -122,16 +122,13 @@ impl StateMachine {
         meta
     }
 
-    fn apply_entry(&self, entry: &Entry) -> Result<ApplyOutcome, rocksdb::Error> {
+    fn apply_entry(&self, entry: &Entry) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
         let log_id = entry.log_id;
         match &entry.payload {
-            EntryPayload::Normal(cmd) => {
-                let meta = Self::applied_meta(&log_id, None);
-                self.store.apply(cmd, &meta)
-            }
-            EntryPayload::Blank => {
+            EntryPayload::Normal(Proposal(commands)) if !commands.is_empty() => self.apply_commands(&log_id, commands),
+            EntryPayload::Normal(_) | EntryPayload::Blank => {
                 self.store.write_meta(&Self::applied_meta(&log_id, None))?;
-                Ok(self.nothing_applied())
+                Ok(Vec::new())
             }
             EntryPayload::Membership(m) => {
                 let stored = StoredMembership::new(Some(log_id), m.clone());
@@ -150,13 +147,47 @@ impl StateMachine {
                 }
                 self.store.write_meta(&meta)?;
                 tracing::info!(index = log_id.index, term = log_id.leader_id.term, membership = %m, "membership changed");
-                Ok(self.nothing_applied())
+                Ok(Vec::new())
             }
         }
     }
 
-    fn nothing_applied(&self) -> ApplyOutcome {
-        ApplyOutcome { revision: self.store.status().revision, result: Ok(CommandResponse::None) }
+    /// Applies the commands of the entry `log_id` in order, each in a RocksDB batch
+    /// of its own (each is its own revision, and a later one reads what an earlier
+    /// one wrote). The batch of every command but the last records how many of the
+    /// entry's commands are applied ([`meta_keys::APPLYING`]); the last one records
+    /// the entry as applied. A crash in between leaves the entry unapplied for
+    /// openraft, which applies it again after the restart: the commands already
+    /// applied are then skipped, so none is applied twice.
+    fn apply_commands(&self, log_id: &LogId, commands: &[Command]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
+        let done = if commands.len() > 1 { self.commands_applied_of(log_id) } else { 0 };
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for (i, command) in commands.iter().enumerate() {
+            if i < done {
+                // Applied before a restart; whoever proposed it was answered then or
+                // has gone.
+                outcomes
+                    .push(ApplyOutcome { revision: self.store.status().revision, result: Ok(CommandResponse::None) });
+                continue;
+            }
+            let meta = if i + 1 == commands.len() {
+                Self::applied_meta(log_id, None)
+            } else {
+                vec![(meta_keys::APPLYING, encode_meta(&(*log_id, i + 1)))]
+            };
+            outcomes.push(self.store.apply(command, &meta)?);
+        }
+        Ok(outcomes)
+    }
+
+    /// How many commands of the entry `log_id` an interrupted apply got through.
+    fn commands_applied_of(&self, log_id: &LogId) -> usize {
+        let applying: Option<(LogId, usize)> =
+            self.store.read_view().meta(meta_keys::APPLYING).map(|b| decode_meta(&b));
+        match applying {
+            Some((partly, done)) if partly == *log_id => done,
+            _ => 0,
+        }
     }
 
     /// Writes an export of the current state to `path` (a snapshot file); returns its
@@ -249,7 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((applied, membership))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<ApplyOutcome>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<ApplyOutcome>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
@@ -335,5 +366,109 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let current = self.open_current().map_err(|e| StorageError::from(StorageIOError::read_snapshot(None, &e)))?;
         Ok(current.map(|(meta, file)| snapshot(meta, file)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry as RaftEntry};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::mvcc::{PutRequest, TxnRequest};
+    use crate::schema;
+
+    fn open() -> (TempDir, StateMachine) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let sm = StateMachine::new(KvStore::open(db), dir.path().join("snap")).expect("state machine");
+        (dir, sm)
+    }
+
+    fn put(key: &str, value: &str) -> Command {
+        Command::Put(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            prev_kv: true,
+            ..Default::default()
+        })
+    }
+
+    fn entry(index: u64, commands: Vec<Command>) -> Entry {
+        RaftEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Proposal(commands)),
+        }
+    }
+
+    /// A batch of a put, a put of the same key, a failing txn-free command and one
+    /// more put, so that later commands depend on earlier ones.
+    fn batch() -> Vec<Command> {
+        vec![
+            put("a", "1"),
+            put("a", "2"),
+            Command::Txn(TxnRequest::default()),
+            Command::LeaseRevoke { id: 42 },
+            put("b", "3"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn commands_of_one_entry_apply_in_order_each_at_its_own_revision() {
+        let (_dir, mut sm) = open();
+        let outcomes = sm.apply(vec![entry(1, batch())]).await.expect("apply");
+        assert_eq!(outcomes.len(), 1, "one result per entry");
+        let outcomes = &outcomes[0];
+        assert_eq!(outcomes.len(), 5, "one outcome per command");
+        let revisions: Vec<i64> = outcomes.iter().map(|o| o.revision).collect();
+        // The empty txn and the revoke of an unknown lease change nothing.
+        assert_eq!(revisions, vec![2, 3, 3, 3, 4]);
+        match &outcomes[1].result {
+            Ok(CommandResponse::Put(p)) => {
+                assert_eq!(p.prev_kv.as_ref().map(|kv| kv.value.clone()), Some(b"1".to_vec()), "sees the first put")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(outcomes[3].result.is_err(), "the revoke of an unknown lease fails alone");
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(1));
+    }
+
+    #[tokio::test]
+    async fn an_entry_interrupted_between_commands_resumes_without_applying_any_twice() {
+        let (_dir, mut whole) = open();
+        whole.apply(vec![entry(1, batch())]).await.expect("apply");
+
+        // What a crash after the first two commands leaves: their writes, with the
+        // marker saying two are applied, and the entry not recorded as applied.
+        let (_dir2, mut interrupted) = open();
+        let log_id = LogId::new(CommittedLeaderId::new(1, 1), 1);
+        for (i, command) in batch().iter().take(2).enumerate() {
+            interrupted.store.apply(command, &[(meta_keys::APPLYING, encode_meta(&(log_id, i + 1)))]).expect("apply");
+        }
+        let (applied, _) = interrupted.applied_state().await.expect("applied state");
+        assert_eq!(applied, None, "openraft will apply the entry again");
+        let outcomes = interrupted.apply(vec![entry(1, batch())]).await.expect("apply again");
+        assert_eq!(outcomes[0].len(), 5);
+
+        assert_eq!(interrupted.store.status().revision, whole.store.status().revision, "no put applied twice");
+        assert_eq!(
+            interrupted.store.read_view().hash_kv(0),
+            whole.store.read_view().hash_kv(0),
+            "same keys and history"
+        );
+        let (applied, _) = interrupted.applied_state().await.expect("applied state");
+        assert_eq!(applied, Some(log_id));
+    }
+
+    #[tokio::test]
+    async fn a_marker_of_another_entry_skips_nothing() {
+        let (_dir, mut sm) = open();
+        // A marker left by entry 1 (say, of a log a snapshot replaced) must not make
+        // entry 2 skip anything.
+        let stale = LogId::new(CommittedLeaderId::new(1, 1), 1);
+        sm.store.write_meta(&[(meta_keys::APPLYING, encode_meta(&(stale, 3usize)))]).expect("write marker");
+        sm.apply(vec![entry(2, batch())]).await.expect("apply");
+        assert_eq!(sm.store.status().revision, 4, "all three puts applied");
     }
 }
