@@ -289,6 +289,52 @@ impl KvStore {
         Ok(ApplyOutcome { revision, result })
     }
 
+    /// Applies consecutive puts, each at its own revision, in one RocksDB write that
+    /// also holds `meta`. Same outcomes, data and change feed as applying them one by
+    /// one with [`KvStore::apply`], for one snapshot, one write and one revision
+    /// record instead of one per put. A put reads the changes of the ones before it;
+    /// one that fails changes nothing (it fails before it writes), so the others
+    /// still apply. Only puts may be given: they read nothing that an earlier put of
+    /// the run could have changed other than the keys' current records, which the
+    /// write carries forward.
+    pub fn apply_puts(&self, puts: &[Command], meta: &[(&[u8], Vec<u8>)]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
+        let mut applied = self.applied.lock().expect("applier lock");
+        let corrupt = applied.alarms.iter().any(|(_, k)| *k == AlarmKind::Corrupt);
+        let no_space = applied.alarms.iter().any(|(_, k)| *k == AlarmKind::NoSpace);
+        let snap = self.db.snapshot();
+        let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
+        let mut revision = applied.revision;
+        let mut committed = Vec::new();
+        let mut outcomes = Vec::with_capacity(puts.len());
+        for cmd in puts {
+            let Command::Put(put) = cmd else { unreachable!("apply_puts was given a {}", cmd.kind()) };
+            let result = validate_command(cmd, usize::MAX).and_then(|()| match () {
+                _ if corrupt => Err(MvccError::Corrupt),
+                _ if no_space => Err(MvccError::NoSpace),
+                _ => txn.put(put),
+            });
+            if let Some((next, events)) = txn.next_revision() {
+                debug_assert!(result.is_ok(), "a failed put wrote nothing");
+                revision = next;
+                committed.push(RevisionEvents { revision, events });
+            }
+            outcomes.push(ApplyOutcome { revision, result: result.map(CommandResponse::Put) });
+        }
+        let (mut batch, _) = txn.into_parts();
+        if revision != applied.revision {
+            batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::REVISION, revision.to_be_bytes());
+        }
+        self.add_meta(&mut batch, meta);
+        drop(snap);
+        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
+        applied.revision = revision;
+        for changes in committed {
+            // Under the applier lock, in order, as in `apply`.
+            let _ = self.changes.send(Change::Committed(Arc::new(changes)));
+        }
+        Ok(outcomes)
+    }
+
     /// Writes every state-machine record of one consistent view to `out`, and returns
     /// the metadata values named in `meta_keys` as of that view.
     pub fn export(&self, out: &mut dyn Write, wanted_meta: &[&[u8]]) -> io::Result<Vec<Option<Vec<u8>>>> {
@@ -441,6 +487,62 @@ mod tests {
             it.next();
         }
         n
+    }
+
+    fn feed(rx: &mut broadcast::Receiver<Change>) -> Vec<RevisionEvents> {
+        let mut seen = Vec::new();
+        while let Ok(change) = rx.try_recv() {
+            match change {
+                Change::Committed(r) => seen.push((*r).clone()),
+                Change::Jumped { revision } => panic!("unexpected jump to {revision}"),
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_run_of_puts_applies_as_the_same_puts_one_by_one() {
+        let p = |key: &str, value: &str, edit: fn(&mut PutRequest)| {
+            let mut req = PutRequest { key: key.into(), value: value.into(), ..Default::default() };
+            edit(&mut req);
+            Command::Put(req)
+        };
+        let puts = vec![
+            p("a", "1", |_| {}),
+            p("a", "2", |r| r.lease = 7),
+            p("b", "1", |r| r.prev_kv = true),
+            p("b", "2", |r| r.prev_kv = true),
+            p("zz", "", |r| r.ignore_value = true),
+            p("a", "3", |r| {
+                r.ignore_lease = true;
+                r.prev_kv = true
+            }),
+            p("c", "1", |r| r.lease = 99),
+            p("a", "", |r| r.ignore_value = true),
+            p("a", "4", |_| {}),
+            p("", "no key", |_| {}),
+        ];
+        let (_d1, one_by_one) = store();
+        let (_d2, together) = store();
+        for s in [&one_by_one, &together] {
+            s.apply(&Command::LeaseGrant { id: 7, ttl_seconds: 60 }, &[]).unwrap();
+            put(s, "b", "0");
+        }
+        let (mut feed1, mut feed2) = (one_by_one.subscribe(), together.subscribe());
+
+        let expected: Vec<ApplyOutcome> = puts.iter().map(|c| one_by_one.apply(c, &[]).unwrap()).collect();
+        let got = together.apply_puts(&puts, &[(meta_keys::APPLIED, b"x".to_vec())]).unwrap();
+
+        assert_eq!(got, expected);
+        assert!(expected.iter().filter(|o| o.result.is_err()).count() >= 3, "the run has failing puts: {expected:?}");
+        assert_eq!(together.status(), one_by_one.status());
+        assert_eq!(together.read_view().revision, one_by_one.read_view().revision, "the stored revision");
+        assert_eq!(together.read_view().hash_kv(0).unwrap(), one_by_one.read_view().hash_kv(0).unwrap());
+        for lease in [7, 99] {
+            assert_eq!(together.read_view().lease_keys(lease), one_by_one.read_view().lease_keys(lease));
+        }
+        assert_eq!(feed(&mut feed2), feed(&mut feed1), "the same revisions announced, in order");
+        assert_eq!(together.read_view().meta(meta_keys::APPLIED), Some(b"x".to_vec()), "meta written with the run");
     }
 
     #[tokio::test]

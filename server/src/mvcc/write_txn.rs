@@ -53,6 +53,18 @@ impl<'a> WriteTxn<'a> {
         self.sub > 0
     }
 
+    /// Closes the current revision if it changed anything, returning it and its
+    /// events; later changes go to the next revision. Reads go on seeing every change
+    /// made so far. Lets one batch hold several consecutive revisions.
+    pub fn next_revision(&mut self) -> Option<(Revision, Vec<Event>)> {
+        if !self.changed() {
+            return None;
+        }
+        self.begin += 1;
+        self.sub = 0;
+        Some((self.begin, std::mem::take(&mut self.events)))
+    }
+
     /// The batch holding every change, to commit with the store's metadata, and the
     /// changes as events.
     pub fn into_parts(self) -> (WriteBatch, Vec<Event>) {

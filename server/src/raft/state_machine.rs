@@ -152,30 +152,41 @@ impl StateMachine {
         }
     }
 
-    /// Applies the commands of the entry `log_id` in order, each in a RocksDB batch
-    /// of its own (each is its own revision, and a later one reads what an earlier
-    /// one wrote). The batch of every command but the last records how many of the
-    /// entry's commands are applied ([`meta_keys::APPLYING`]); the last one records
-    /// the entry as applied. A crash in between leaves the entry unapplied for
-    /// openraft, which applies it again after the restart: the commands already
-    /// applied are then skipped, so none is applied twice.
+    /// Applies the commands of the entry `log_id` in order, each at its own revision
+    /// (a later one reads what an earlier one wrote). Consecutive puts share one
+    /// RocksDB batch ([`KvStore::apply_puts`]); every other command has a batch of its
+    /// own. Every batch but the entry's last records how many of the entry's commands
+    /// are applied ([`meta_keys::APPLYING`]); the last one records the entry as
+    /// applied. A crash in between leaves the entry unapplied for openraft, which
+    /// applies it again after the restart: the commands already applied are then
+    /// skipped, so none is applied twice.
     fn apply_commands(&self, log_id: &LogId, commands: &[Command]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
         let done = if commands.len() > 1 { self.commands_applied_of(log_id) } else { 0 };
         let mut outcomes = Vec::with_capacity(commands.len());
-        for (i, command) in commands.iter().enumerate() {
-            if i < done {
-                // Applied before a restart; whoever proposed it was answered then or
-                // has gone.
-                outcomes
-                    .push(ApplyOutcome { revision: self.store.status().revision, result: Ok(CommandResponse::None) });
-                continue;
-            }
-            let meta = if i + 1 == commands.len() {
+        // Applied before a restart; whoever proposed them was answered then or has gone.
+        let revision = self.store.status().revision;
+        outcomes.extend(
+            (0..done.min(commands.len())).map(|_| ApplyOutcome { revision, result: Ok(CommandResponse::None) }),
+        );
+        let mut start = outcomes.len();
+        while start < commands.len() {
+            let is_put = |c: &Command| matches!(c, Command::Put(_));
+            let end = if is_put(&commands[start]) {
+                start + commands[start..].iter().take_while(|c| is_put(c)).count()
+            } else {
+                start + 1
+            };
+            let meta = if end == commands.len() {
                 Self::applied_meta(log_id, None)
             } else {
-                vec![(meta_keys::APPLYING, encode_meta(&(*log_id, i + 1)))]
+                vec![(meta_keys::APPLYING, encode_meta(&(*log_id, end)))]
             };
-            outcomes.push(self.store.apply(command, &meta)?);
+            if is_put(&commands[start]) {
+                outcomes.extend(self.store.apply_puts(&commands[start..end], &meta)?);
+            } else {
+                outcomes.push(self.store.apply(&commands[start], &meta)?);
+            }
+            start = end;
         }
         Ok(outcomes)
     }
