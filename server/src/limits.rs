@@ -52,6 +52,12 @@ pub const APPEND_ENTRIES_MAX: u64 = 1_024;
 /// and go together in the next one.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 
+/// Most batches of writes a follower has forwarded to the leader and not yet had
+/// answered; writes that arrive meanwhile go together in the next peer call. The
+/// leader batches what it receives again. 2, 4 and 8 measured the same (put, 64
+/// clients closed loop and 3,455/s open loop).
+pub const FORWARDS_IN_FLIGHT_MAX: usize = 2;
+
 /// Most client commands in one Raft entry.
 pub const PROPOSAL_BATCH_COMMANDS_MAX: usize = 1_024;
 

@@ -19,8 +19,8 @@ use super::proposal_batch::ProposalBatcher;
 use super::read_index::ReadBatcher;
 use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
-    APPEND_ENTRIES_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT, PEER_FORWARD_TIMEOUT_MS,
-    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
+    APPEND_ENTRIES_MAX, FORWARDS_IN_FLIGHT_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT,
+    PEER_FORWARD_TIMEOUT_MS, PROPOSALS_IN_FLIGHT_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
 };
 use crate::mvcc::{ApplyOutcome, Command, KvStore};
 
@@ -125,8 +125,8 @@ impl RaftNode {
             settings,
             local_reads: Arc::default(),
             leader_reads: Arc::default(),
-            proposal_batch: Arc::default(),
-            forwards: Arc::default(),
+            proposal_batch: Arc::new(ProposalBatcher::new(PROPOSALS_IN_FLIGHT_MAX)),
+            forwards: Arc::new(ProposalBatcher::new(FORWARDS_IN_FLIGHT_MAX)),
             store,
             admin_lock: tokio::sync::Mutex::new(()),
             proposals: tokio::sync::RwLock::new(()),

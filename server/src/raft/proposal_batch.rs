@@ -4,8 +4,8 @@
 //! openraft 0.9 appends one entry per `client_write` and waits for that append's fsync
 //! before it takes the next request, so a leader that proposed every command as an
 //! entry of its own would do one fsync per command, one after the other. Instead, at
-//! most [`PROPOSALS_IN_FLIGHT_MAX`] batches are proposed and not yet applied at any
-//! time; commands that arrive meanwhile queue, and the next free slot proposes all of
+//! most a few batches ([`PROPOSALS_IN_FLIGHT_MAX`](crate::limits::PROPOSALS_IN_FLIGHT_MAX))
+//! are proposed and not yet applied at any time; commands that arrive meanwhile queue, and the next free slot proposes all of
 //! them (within [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as
 //! one entry. Under light load a command goes out at once in a batch of its own, so
 //! batching adds no latency; under heavy load the batches grow with it.
@@ -13,8 +13,9 @@
 //! A command whose caller has given up (its request timed out) before its batch was
 //! formed is dropped unproposed.
 //!
-//! Followers batch the writes they forward to the leader the same way: one peer call
-//! carries every command that queued meanwhile.
+//! Followers batch the writes they forward to the leader the same way, with their own
+//! limit ([`FORWARDS_IN_FLIGHT_MAX`](crate::limits::FORWARDS_IN_FLIGHT_MAX)): one
+//! peer call carries every command that queued meanwhile.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -23,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use super::RaftNodeError;
-use crate::limits::{PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_BATCH_BYTES_MAX, PROPOSAL_BATCH_COMMANDS_MAX};
+use crate::limits::{PROPOSAL_BATCH_BYTES_MAX, PROPOSAL_BATCH_COMMANDS_MAX};
 use crate::mvcc::Command;
 
 /// Proposes one batch of commands and answers one result per command, in order.
@@ -50,6 +51,8 @@ struct Queued<O> {
 /// Commands waiting for a free proposal slot; `O` is what applying one produces.
 pub(crate) struct ProposalBatcher<O> {
     state: Mutex<State<O>>,
+    /// Most batches submitted and not yet answered.
+    in_flight_max: usize,
 }
 
 struct State<O> {
@@ -58,13 +61,13 @@ struct State<O> {
     in_flight: usize,
 }
 
-impl<O> Default for ProposalBatcher<O> {
-    fn default() -> Self {
-        ProposalBatcher { state: Mutex::new(State { queued: VecDeque::new(), in_flight: 0 }) }
-    }
-}
-
 impl<O: Send + 'static> ProposalBatcher<O> {
+    /// A batcher with at most `in_flight_max` batches submitted at once.
+    pub fn new(in_flight_max: usize) -> Self {
+        assert!(in_flight_max > 0, "at least one batch must be allowed in flight");
+        ProposalBatcher { state: Mutex::new(State { queued: VecDeque::new(), in_flight: 0 }), in_flight_max }
+    }
+
     /// Proposes `command` with others that are waiting (or, if `alone`, in a batch of
     /// its own), through `submit`, and returns its own result.
     pub async fn propose(
@@ -78,7 +81,7 @@ impl<O: Send + 'static> ProposalBatcher<O> {
         let first_batch = {
             let mut state = self.state.lock().expect("proposal batch lock");
             state.queued.push_back(Queued { command, bytes, alone, waiter });
-            if state.in_flight < PROPOSALS_IN_FLIGHT_MAX {
+            if state.in_flight < self.in_flight_max {
                 state.in_flight += 1;
                 Some(take_batch(&mut state.queued))
             } else {
@@ -169,6 +172,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::limits::PROPOSALS_IN_FLIGHT_MAX;
     use crate::mvcc::PutRequest;
 
     fn put(i: usize, value_len: usize) -> Command {
@@ -213,7 +217,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_arriving_while_slots_are_busy_share_one_entry() {
-        let batcher = Arc::new(ProposalBatcher::<String>::default());
+        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let submit = recording(batches.clone(), gate.clone());
@@ -300,7 +304,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_whose_callers_gave_up_are_not_proposed() {
-        let batcher = Arc::new(ProposalBatcher::<String>::default());
+        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let submit = recording(batches.clone(), gate.clone());
@@ -331,7 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_proposal_fails_every_command_of_its_batch() {
-        let batcher = Arc::new(ProposalBatcher::<String>::default());
+        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
         let submitted = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Semaphore::new(0));
         let submit = {
