@@ -73,6 +73,10 @@ pub const APPEND_ENTRIES_BYTES_MAX: u64 = 2 * 1024 * 1024;
 /// Bytes of snapshot sent in one InstallSnapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 
+/// zstd level of the store export in snapshot files: the fastest, which still
+/// shrinks a typical export several times.
+pub const SNAPSHOT_ZSTD_LEVEL: i32 = 1;
+
 /// Bytes of state written per RocksDB batch while a snapshot is imported, so that
 /// installing a snapshot of any size takes bounded memory.
 pub const SNAPSHOT_IMPORT_BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;

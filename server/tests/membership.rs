@@ -292,12 +292,13 @@ async fn put_many(c: &Client, prefix: &str, n: usize) {
     }
 }
 
-/// Puts `n` values of 1 MiB under `prefix`: enough state that a snapshot's transfer
-/// and import take a while.
-async fn put_mib_values(c: &Client, prefix: &str, n: usize, fill: u8) {
+/// Puts `n` incompressible values of 1 MiB under `prefix` (`seed` picks the bytes):
+/// enough state that a snapshot's transfer and import take a while.
+async fn put_mib_values(c: &Client, prefix: &str, n: usize, seed: u8) {
     let mut w = c.clone();
     for i in 0..n {
-        ok("put 1 MiB", w.put(format!("{prefix}-{i}"), vec![fill; 1024 * 1024], None)).await;
+        let value = common::incompressible(1024 * 1024, u64::from(seed) << 32 | i as u64);
+        ok("put 1 MiB", w.put(format!("{prefix}-{i}"), value, None)).await;
     }
 }
 
@@ -430,7 +431,7 @@ async fn new_member_is_rebuilt_from_a_large_snapshot_in_bounded_memory() {
                     *g += 1;
                     *g - 1
                 };
-                let value: Vec<u8> = (0..1024 * 1024).map(|b| (b * 31 + i * 7) as u8).collect();
+                let value = common::incompressible(1024 * 1024, i as u64);
                 c.put(format!("blob{i:05}"), value, None).await.expect("put 1 MiB");
             }
         }));

@@ -829,3 +829,19 @@ pub async fn http_get(endpoint: &str, path: &str) -> Option<(u16, String)> {
     };
     tokio::time::timeout(Duration::from_secs(5), exchange).await.ok().flatten()
 }
+
+/// `len` pseudo-random bytes from `seed`: values that compression cannot shrink, so
+/// that a snapshot holding them is as large on disk and on the wire as in the store.
+pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
+    // xorshift64*; any nonzero state works.
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
