@@ -215,19 +215,30 @@ mod tests {
         panic!("timed out waiting until {what}");
     }
 
-    #[tokio::test]
-    async fn commands_arriving_while_slots_are_busy_share_one_entry() {
+    type Batches = Arc<Mutex<Vec<Vec<String>>>>;
+    type Call = tokio::task::JoinHandle<Result<String, RaftNodeError>>;
+
+    /// A batcher whose every slot is taken by a command (`k0`, `k1`, ...) blocked at
+    /// `gate`; returns it, what its submitter recorded, the gate, the submitter and
+    /// the blocked calls.
+    async fn busy_batcher(
+    ) -> (Arc<ProposalBatcher<String>>, Batches, Arc<Semaphore>, impl Submit<String> + Clone, Vec<Call>) {
         let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let submit = recording(batches.clone(), gate.clone());
         let mut calls = Vec::new();
-        // The first PROPOSALS_IN_FLIGHT_MAX commands each take a slot and block there.
         for i in 0..PROPOSALS_IN_FLIGHT_MAX {
             let (b, s) = (batcher.clone(), submit.clone());
             calls.push(tokio::spawn(async move { b.propose(put(i, 8), false, s).await }));
             wait_until("the slot is taken", || batches.lock().unwrap().len() == i + 1).await;
         }
+        (batcher, batches, gate, submit, calls)
+    }
+
+    #[tokio::test]
+    async fn commands_arriving_while_slots_are_busy_share_one_entry() {
+        let (batcher, batches, gate, submit, mut calls) = busy_batcher().await;
         // These wait for a slot.
         for i in PROPOSALS_IN_FLIGHT_MAX..PROPOSALS_IN_FLIGHT_MAX + 50 {
             let (b, s) = (batcher.clone(), submit.clone());
@@ -304,16 +315,7 @@ mod tests {
 
     #[tokio::test]
     async fn commands_whose_callers_gave_up_are_not_proposed() {
-        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Semaphore::new(0));
-        let submit = recording(batches.clone(), gate.clone());
-        let mut busy = Vec::new();
-        for i in 0..PROPOSALS_IN_FLIGHT_MAX {
-            let (b, s) = (batcher.clone(), submit.clone());
-            busy.push(tokio::spawn(async move { b.propose(put(i, 8), false, s).await }));
-            wait_until("the slot is taken", || batches.lock().unwrap().len() == i + 1).await;
-        }
+        let (batcher, batches, gate, submit, busy) = busy_batcher().await;
         let gave_up = {
             let (b, s) = (batcher.clone(), submit.clone());
             tokio::spawn(async move { b.propose(put(100, 8), false, s).await })
