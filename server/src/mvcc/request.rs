@@ -270,11 +270,12 @@ pub enum CommandResponse {
     LeaseRevoke,
     LeaseCheckpoint,
     Alarm,
-    /// A Raft entry that carried no command (blank or membership).
+    /// No result to give: the command was applied before a restart, and its
+    /// result went to whoever was waiting then.
     None,
 }
 
-/// What applying one log entry produced: the store revision after it and the
+/// What applying one command produced: the store revision after it and the
 /// command's result. Errors here are deterministic (every member computes the same
 /// one) and mean nothing was changed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
