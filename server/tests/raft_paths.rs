@@ -1,10 +1,11 @@
 //! Raft paths the other suites do not reach: a member that fell behind the
 //! purged log catches up from a snapshot, opt-in lease reads stay linearizable
-//! (both Cairn-only: skipped against etcd), and large values replicate.
+//! (both Cairn-only: skipped against etcd), concurrent writes share log entries
+//! (Cairn-only), and large values replicate.
 
 mod common;
 
-use common::{is_etcd, ok, Cluster};
+use common::{http_get, is_etcd, ok, Cluster};
 use etcd_client::GetOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,4 +93,49 @@ async fn concurrent_large_values_replicate_to_every_member() {
             assert!(got.kvs()[0].value() == value.as_slice(), "member {i} holds a damaged large/{k}");
         }
     }
+}
+
+/// `cairn_server_last_log_index` of the member at `endpoint`.
+async fn last_log_index(endpoint: &str) -> u64 {
+    let Some((200, body)) = http_get(endpoint, "/metrics").await else { panic!("GET {endpoint}/metrics failed") };
+    let line = body.lines().find(|l| l.starts_with("cairn_server_last_log_index ")).expect("last log index metric");
+    line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).expect("a number") as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_gets_its_own_revision() {
+    if is_etcd() {
+        return;
+    }
+    const WRITES: usize = 200;
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // Settle the first entries (leader's blank entry, member publishing).
+    ok("put", cluster.client(leader).await.put("warm-up", "x", None)).await;
+    let before = last_log_index(&cluster.endpoint(leader)).await;
+    let start_revision =
+        ok("get", cluster.client(leader).await.get("warm-up", None)).await.header().unwrap().revision();
+
+    // Half through the leader, half forwarded by a follower, all at once.
+    let mut writers = Vec::new();
+    for i in 0..WRITES {
+        let mut c = cluster.client(if i % 2 == 0 { leader } else { follower }).await;
+        writers.push(tokio::spawn(async move {
+            let resp = ok("put", c.put(format!("batched/{i:03}"), format!("v{i}"), None)).await;
+            resp.header().expect("header").revision()
+        }));
+    }
+    let mut revisions = Vec::new();
+    for w in writers {
+        revisions.push(w.await.unwrap());
+    }
+    revisions.sort_unstable();
+    let expected: Vec<i64> = (start_revision + 1..=start_revision + WRITES as i64).collect();
+    assert_eq!(revisions, expected, "every write has a revision of its own, with no gap");
+
+    let entries = last_log_index(&cluster.endpoint(leader)).await - before;
+    assert!(entries < WRITES as u64, "{WRITES} concurrent writes took {entries} log entries: none were batched");
+    let got = ok("get", cluster.client(follower).await.get("batched/", Some(GetOptions::new().with_prefix()))).await;
+    assert_eq!(got.kvs().len(), WRITES, "every write is readable through the follower");
 }

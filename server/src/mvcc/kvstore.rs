@@ -90,6 +90,22 @@ impl ReadView<'_> {
     }
 }
 
+/// Whether `cmd` may be applied: the structure checks again, with no configurable
+/// limit, so that every member refuses the same malformed entry the same way, and
+/// the raised `alarms` (CORRUPT refuses client writes, NOSPACE what may grow the
+/// database).
+fn admit(cmd: &Command, alarms: &BTreeSet<(u64, AlarmKind)>) -> Result<(), MvccError> {
+    validate_command(cmd, usize::MAX)?;
+    let alarmed = |kind| alarms.iter().any(|(_, k)| *k == kind);
+    if cmd.is_client_write() && alarmed(AlarmKind::Corrupt) {
+        return Err(MvccError::Corrupt);
+    }
+    if cmd.needs_space() && alarmed(AlarmKind::NoSpace) {
+        return Err(MvccError::NoSpace);
+    }
+    Ok(())
+}
+
 fn read_meta(snap: &SnapshotWithThreadMode<'_, DB>, db: &DB, key: &[u8]) -> Option<Vec<u8>> {
     snap.get_cf(schema::cf(db, CF_META), key).unwrap_or_else(|e| panic!("reading state machine metadata failed: {e}"))
 }
@@ -223,13 +239,8 @@ impl KvStore {
         let mut applied = self.applied.lock().expect("applier lock");
         let snap = self.db.snapshot();
         let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
-        // Structure checks again, with no configurable limit, so that every member
-        // refuses the same malformed entry the same way.
-        let alarmed = |kind| applied.alarms.iter().any(|(_, k)| *k == kind);
         let mut alarms = None;
-        let result = validate_command(cmd, usize::MAX).and_then(|()| match cmd {
-            _ if cmd.is_client_write() && alarmed(AlarmKind::Corrupt) => Err(MvccError::Corrupt),
-            _ if cmd.needs_space() && alarmed(AlarmKind::NoSpace) => Err(MvccError::NoSpace),
+        let result = admit(cmd, &applied.alarms).and_then(|()| match cmd {
             Command::Put(r) => txn.put(r).map(CommandResponse::Put),
             Command::DeleteRange(r) => txn.delete_range(r).map(CommandResponse::DeleteRange),
             Command::Txn(r) => txn.txn(r).map(CommandResponse::Txn),
@@ -299,8 +310,6 @@ impl KvStore {
     /// write carries forward.
     pub fn apply_puts(&self, puts: &[Command], meta: &[(&[u8], Vec<u8>)]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
         let mut applied = self.applied.lock().expect("applier lock");
-        let corrupt = applied.alarms.iter().any(|(_, k)| *k == AlarmKind::Corrupt);
-        let no_space = applied.alarms.iter().any(|(_, k)| *k == AlarmKind::NoSpace);
         let snap = self.db.snapshot();
         let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
         let mut revision = applied.revision;
@@ -308,11 +317,7 @@ impl KvStore {
         let mut outcomes = Vec::with_capacity(puts.len());
         for cmd in puts {
             let Command::Put(put) = cmd else { unreachable!("apply_puts was given a {}", cmd.kind()) };
-            let result = validate_command(cmd, usize::MAX).and_then(|()| match () {
-                _ if corrupt => Err(MvccError::Corrupt),
-                _ if no_space => Err(MvccError::NoSpace),
-                _ => txn.put(put),
-            });
+            let result = admit(cmd, &applied.alarms).and_then(|()| txn.put(put));
             if let Some((next, events)) = txn.next_revision() {
                 debug_assert!(result.is_ok(), "a failed put wrote nothing");
                 revision = next;

@@ -287,7 +287,7 @@ impl Metrics {
                 forwarded_total: counter_vec(
                     r,
                     "cairn_server_forwarded_requests_total",
-                    "Requests sent to the leader instead of served here, by kind (Forward, Lease, ReadIndex).",
+                    "Calls to the leader for requests not served here, by kind (Forward, Lease, ReadIndex); one Forward call carries a batch of writes, one ReadIndex call serves every read waiting for it.",
                     &["type"],
                 ),
             },

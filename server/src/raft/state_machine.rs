@@ -161,27 +161,23 @@ impl StateMachine {
     /// applies it again after the restart: the commands already applied are then
     /// skipped, so none is applied twice.
     fn apply_commands(&self, log_id: &LogId, commands: &[Command]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
-        let done = if commands.len() > 1 { self.commands_applied_of(log_id) } else { 0 };
+        let done = if commands.len() > 1 { self.commands_applied_of(log_id).min(commands.len()) } else { 0 };
         let mut outcomes = Vec::with_capacity(commands.len());
-        // Applied before a restart; whoever proposed them was answered then or has gone.
-        let revision = self.store.status().revision;
-        outcomes.extend(
-            (0..done.min(commands.len())).map(|_| ApplyOutcome { revision, result: Ok(CommandResponse::None) }),
-        );
-        let mut start = outcomes.len();
+        if done > 0 {
+            // Applied before a restart; whoever proposed them was answered then or has gone.
+            let revision = self.store.status().revision;
+            outcomes.resize(done, ApplyOutcome { revision, result: Ok(CommandResponse::None) });
+        }
+        let mut start = done;
         while start < commands.len() {
-            let is_put = |c: &Command| matches!(c, Command::Put(_));
-            let end = if is_put(&commands[start]) {
-                start + commands[start..].iter().take_while(|c| is_put(c)).count()
-            } else {
-                start + 1
-            };
+            let puts = commands[start..].iter().take_while(|c| matches!(c, Command::Put(_))).count();
+            let end = start + puts.max(1);
             let meta = if end == commands.len() {
                 Self::applied_meta(log_id, None)
             } else {
                 vec![(meta_keys::APPLYING, encode_meta(&(*log_id, end)))]
             };
-            if is_put(&commands[start]) {
+            if puts > 0 {
                 outcomes.extend(self.store.apply_puts(&commands[start..end], &meta)?);
             } else {
                 outcomes.push(self.store.apply(&commands[start], &meta)?);
