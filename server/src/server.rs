@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{
-    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, LenientAuthority, MaintenanceService,
-    ObserveLayer, Observer, UnimplementedLayer, WatchService,
+    serve_metrics, Api, ApiLimits, ClusterService, CoalescedWrites, KvService, LeaseService, LenientAuthority,
+    MaintenanceService, ObserveLayer, Observer, UnimplementedLayer, WatchService,
 };
 use crate::bootstrap;
 use crate::config::{url_authority, ClusterState, Config};
@@ -223,14 +223,16 @@ async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// Accepted connections, without Nagle's delay, their small frames written together
+/// (see [`CoalescedWrites`]).
 fn incoming(
     listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+) -> impl futures::Stream<Item = std::io::Result<CoalescedWrites<tokio::net::TcpStream>>> + Send + 'static {
     TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
+        conn.map(|stream| {
             let _ = stream.set_nodelay(true);
-        }
-        conn
+            CoalescedWrites(stream)
+        })
     })
 }
 
