@@ -397,14 +397,9 @@ impl RaftNode {
         let deadline = Instant::now() + self.settings.request_timeout;
         let index = match self.lease_read_index() {
             Some(index) => index,
-            None => {
-                let node = self.clone();
-                let round = self.local_reads.read_index(move || {
-                    let node = node.clone();
-                    async move { node.fetch_read_index().await }
-                });
-                timeout(self.settings.request_timeout, round).await.map_err(|_| RaftNodeError::Timeout)??
-            }
+            None => timeout(self.settings.request_timeout, self.read_index())
+                .await
+                .map_err(|_| RaftNodeError::Timeout)??,
         };
         crate::observability::step("read_index");
         let mut rx = self.raft.metrics();
@@ -415,6 +410,30 @@ impl RaftNode {
             Err(_) => Err(RaftNodeError::Timeout),
         };
         result
+    }
+
+    /// A read index from a ReadIndex round that started after this call.
+    ///
+    /// On the leader, local reads join the rounds that also serve the followers'
+    /// ReadIndex calls: one quorum round trip (a heartbeat to every follower) then
+    /// serves both, where two streams of rounds would each send their own. On a
+    /// follower, on a leader that has just lost its leadership, and on one whose
+    /// round missed its quorum, the member's own rounds ask the leader (and retry
+    /// until the request times out).
+    async fn read_index(self: &Arc<Self>) -> Result<u64, RaftNodeError> {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            match self.leader_read_index().await {
+                Err(RaftNodeError::NotLeader { .. } | RaftNodeError::Timeout) => {}
+                answer => return answer,
+            }
+        }
+        let node = self.clone();
+        self.local_reads
+            .read_index(move || {
+                let node = node.clone();
+                async move { node.fetch_read_index().await }
+            })
+            .await
     }
 
     /// With lease reads on, the leader's read index while its lease holds.
@@ -465,8 +484,8 @@ impl RaftNode {
         }
     }
 
-    /// A ReadIndex round for a follower (or the lessor): only the leader answers,
-    /// after confirming with a quorum that it still leads.
+    /// A ReadIndex round for a follower, the lessor, or a local read on the leader:
+    /// only the leader answers, after confirming with a quorum that it still leads.
     pub async fn leader_read_index(&self) -> Result<u64, RaftNodeError> {
         let raft = self.raft.clone();
         let round = self.leader_reads.read_index(move || {
