@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use cairn_proto::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, request_op, watch_client::WatchClient, watch_request,
-    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseKeepAliveResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest,
 };
 use clap::ValueEnum;
 use hdrhistogram::Histogram;
@@ -29,6 +29,7 @@ use tonic::Streaming;
 
 use crate::procstat::{ServerProc, UsageStart};
 use crate::report::{Latency, RunResult, WatchStats};
+use crate::unary::{UnaryConn, KV_PUT, KV_RANGE, KV_TXN};
 
 /// Largest latency the histograms record (longer ones are clamped to it).
 const LATENCY_US_MAX: u64 = 120_000_000;
@@ -202,6 +203,8 @@ impl LoadSpec {
 #[derive(Clone)]
 struct Conn {
     kv: KvClient<Channel>,
+    /// The request loop's Put, Range and Txn calls (see [`crate::unary`]).
+    unary: UnaryConn,
     lease: LeaseClient<Channel>,
     watch: WatchClient<Channel>,
 }
@@ -227,8 +230,10 @@ async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Conn>> {
             .connect()
             .await
             .with_context(|| format!("connect to {url}"))?;
+        let unary = UnaryConn::connect(&url).await?;
         conns.push(Conn {
             kv: KvClient::new(ch.clone()),
+            unary,
             lease: LeaseClient::new(ch.clone()),
             watch: WatchClient::new(ch),
         });
@@ -336,20 +341,22 @@ impl Shared {
     /// One request of the workload.
     async fn op(&self, c: &mut Client) -> Result<(), String> {
         let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
+        let kv = &mut c.conn.unary;
         match self.workload {
-            Workload::Put => c.conn.kv.put(self.put(&mut c.rng)).await.map(drop).map_err(status),
-            Workload::Range => c.conn.kv.range(self.range(&mut c.rng)).await.map(drop).map_err(status),
+            Workload::Put => kv.call::<_, PutResponse>(KV_PUT, &self.put(&mut c.rng)).await.map(drop),
+            Workload::Range => kv.call::<_, RangeResponse>(KV_RANGE, &self.range(&mut c.rng)).await.map(drop),
             Workload::TxnPut => {
                 let success = (0..self.spec.txn_ops)
                     .map(|_| RequestOp { request: Some(request_op::Request::RequestPut(self.put(&mut c.rng))) })
                     .collect();
-                c.conn.kv.txn(TxnRequest { compare: vec![], success, failure: vec![] }).await.map(drop).map_err(status)
+                let txn = TxnRequest { compare: vec![], success, failure: vec![] };
+                kv.call::<_, TxnResponse>(KV_TXN, &txn).await.map(drop)
             }
             Workload::Mixed => {
                 if c.rng.random_bool(self.spec.read_ratio) {
-                    c.conn.kv.range(self.range(&mut c.rng)).await.map(drop).map_err(status)
+                    kv.call::<_, RangeResponse>(KV_RANGE, &self.range(&mut c.rng)).await.map(drop)
                 } else {
-                    c.conn.kv.put(self.put(&mut c.rng)).await.map(drop).map_err(status)
+                    kv.call::<_, PutResponse>(KV_PUT, &self.put(&mut c.rng)).await.map(drop)
                 }
             }
             Workload::LeaseKeepalive => {

@@ -8,6 +8,7 @@ mod load;
 mod procstat;
 mod report;
 mod scale;
+mod unary;
 
 use std::path::{Path, PathBuf};
 

@@ -80,3 +80,29 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
     assert!(watch["events_expected"].as_u64().unwrap() > 0);
     assert_eq!(watch["events_received"], watch["events_expected"], "every watcher got every event");
 }
+
+#[test]
+fn refused_requests_are_counted_under_their_grpc_status() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let json = out.path().join("results.json");
+    // Values over the server's request size limit (1.5 MiB by default).
+    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
+        .arg(cairn_binary())
+        .args(["--workloads", "put", "--total", "6", "--clients", "2", "--conns", "1", "--value-size", "2000000"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run cairn-bench");
+    assert!(status.success(), "cairn-bench failed: {status}");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
+    let put = &results[0];
+    assert_eq!(put["ops_ok"], 0, "{put}");
+    assert_eq!(put["ops_failed"], 6, "{put}");
+    let errors = put["errors"].as_object().expect("errors by message");
+    assert_eq!(errors.len(), 1, "one kind of error: {errors:?}");
+    let (message, count) = errors.iter().next().unwrap();
+    assert_eq!(count, 6);
+    assert!(message.starts_with("InvalidArgument: ") && message.contains("too large"), "{message}");
+}
