@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use parking_lot::{RwLock, RwLockReadGuard};
@@ -48,9 +48,49 @@ pub struct KvStore {
     /// Grows whenever the set of leases may have changed (grant, revoke, snapshot
     /// install), so that the lessor rescans only then.
     lease_generation: AtomicU64,
+    published: Published,
     /// Readers (views, the compactor) hold it shared; a snapshot import holds it
     /// exclusively, so that nobody sees a half-replaced state.
     gate: Arc<RwLock<()>>,
+}
+
+/// The revisions of the last write, published for [`KvStore::read_view`], which
+/// otherwise reads them from its snapshot: two RocksDB lookups per read, in a
+/// metadata table whose memtable holds a version of the revision for every write.
+///
+/// A sequence lock. The applier (one at a time, under the applier lock) makes `seq`
+/// odd before a write that may change the revisions and, once the write is done,
+/// stores them and makes `seq` even again. A view that reads the same even `seq`
+/// before its snapshot and after reading the revisions knows that no such write
+/// started or ended in between: its snapshot holds exactly the writes whose
+/// revisions it read. Otherwise it reads them from the snapshot. An odd `seq` also
+/// means "not published" (at open, and from the start of an import until the
+/// state is reloaded).
+struct Published {
+    seq: AtomicU64,
+    revision: AtomicI64,
+    compact_revision: AtomicI64,
+}
+
+impl Published {
+    fn unpublished() -> Published {
+        Published { seq: AtomicU64::new(1), revision: AtomicI64::new(0), compact_revision: AtomicI64::new(0) }
+    }
+
+    /// Before a write that may change the revisions (under the applier lock).
+    fn begin_write(&self) {
+        let seq = self.seq.load(Ordering::SeqCst);
+        if seq.is_multiple_of(2) {
+            self.seq.store(seq + 1, Ordering::SeqCst);
+        }
+    }
+
+    /// After the write, with the revisions it left (under the applier lock).
+    fn publish(&self, revision: Revision, compact_revision: Revision) {
+        self.revision.store(revision, Ordering::SeqCst);
+        self.compact_revision.store(compact_revision, Ordering::SeqCst);
+        self.seq.store((self.seq.load(Ordering::SeqCst) | 1) + 1, Ordering::SeqCst);
+    }
 }
 
 /// A consistent, read-only view of the store at one revision.
@@ -126,6 +166,7 @@ impl KvStore {
             compactor,
             changes,
             lease_generation: AtomicU64::new(0),
+            published: Published::unpublished(),
             gate,
         });
         store.reload();
@@ -134,7 +175,11 @@ impl KvStore {
 
     /// Re-reads the applied state from disk (after open or a snapshot install) and
     /// resumes any unfinished compaction.
+    ///
+    /// The revisions must be unpublished (as at open, and after `begin_write`), so
+    /// that the view reads them from disk.
     fn reload(&self) {
+        assert!(!self.published.seq.load(Ordering::SeqCst).is_multiple_of(2), "reload with the revisions published");
         let view = self.read_view();
         let finished = revision_value(view.meta(meta_keys::COMPACT_FINISHED), 0);
         {
@@ -142,6 +187,7 @@ impl KvStore {
             applied.revision = view.revision;
             applied.compact_revision = view.compact_revision;
             applied.alarms = view.meta(meta_keys::ALARMS).map(|b| decode(&b, "alarms")).unwrap_or_default();
+            self.published.publish(view.revision, view.compact_revision);
         }
         self.compactor.reset(finished);
         if view.compact_revision > finished {
@@ -166,9 +212,20 @@ impl KvStore {
     pub fn read_view(&self) -> ReadView<'_> {
         // Recursive: a thread may hold two views, even while an import waits.
         let gate = self.gate.read_recursive();
+        let seq = self.published.seq.load(Ordering::SeqCst);
         let snap = self.db.snapshot();
-        let revision = revision_value(read_meta(&snap, &self.db, meta_keys::REVISION), FIRST_REVISION);
-        let compact_revision = revision_value(read_meta(&snap, &self.db, meta_keys::COMPACT_REVISION), 0);
+        let published = seq.is_multiple_of(2).then(|| {
+            let revision = self.published.revision.load(Ordering::SeqCst);
+            let compact_revision = self.published.compact_revision.load(Ordering::SeqCst);
+            (revision, compact_revision)
+        });
+        let (revision, compact_revision) = match published {
+            Some(revisions) if self.published.seq.load(Ordering::SeqCst) == seq => revisions,
+            _ => (
+                revision_value(read_meta(&snap, &self.db, meta_keys::REVISION), FIRST_REVISION),
+                revision_value(read_meta(&snap, &self.db, meta_keys::COMPACT_REVISION), 0),
+            ),
+        };
         ReadView { db: &self.db, snap, revision, compact_revision, _gate: gate }
     }
 
@@ -190,7 +247,11 @@ impl KvStore {
         for k in keys {
             batch.delete_cf(schema::cf(&self.db, CF_META), k);
         }
-        self.db.write(batch)?;
+        {
+            let _applied = self.applied.lock().expect("applier lock");
+            self.published.begin_write();
+            self.db.write(batch)?;
+        }
         self.reload();
         Ok(())
     }
@@ -229,6 +290,10 @@ impl KvStore {
     fn add_meta(&self, batch: &mut WriteBatch, meta: &[(&[u8], Vec<u8>)]) {
         let cf = schema::cf(&self.db, CF_META);
         for (k, v) in meta {
+            assert!(
+                ![meta_keys::REVISION, meta_keys::COMPACT_REVISION].contains(k),
+                "the revisions are written by the applier, which publishes them"
+            );
             batch.put_cf(cf, k, v);
         }
     }
@@ -280,7 +345,14 @@ impl KvStore {
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
+        let revisions_change = changed || compacted.is_some();
+        if revisions_change {
+            self.published.begin_write();
+        }
         crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
+        if revisions_change {
+            self.published.publish(revision, compacted.unwrap_or(applied.compact_revision));
+        }
         if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -331,7 +403,14 @@ impl KvStore {
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
+        let revision_changes = revision != applied.revision;
+        if revision_changes {
+            self.published.begin_write();
+        }
         crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
+        if revision_changes {
+            self.published.publish(revision, applied.compact_revision);
+        }
         applied.revision = revision;
         for changes in committed {
             // Under the applier lock, in order, as in `apply`.
@@ -377,6 +456,9 @@ impl KvStore {
         if magic != *SNAPSHOT_MAGIC {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "not a Cairn snapshot (bad magic)"));
         }
+        // Unpublished until `reload` has read the imported revisions (and for good,
+        // so that views read them from disk, if the import fails half-way).
+        self.published.begin_write();
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = schema::cf(&self.db, name);
@@ -736,5 +818,52 @@ mod tests {
         bad.push(0xff);
         assert!(t.import(&mut bad.as_slice()).is_err());
         assert_eq!(t.status().revision, r, "a rejected snapshot changes nothing");
+        assert_eq!(t.published.seq.load(Ordering::SeqCst) % 2, 0, "the imported revisions are published");
+        assert_eq!(t.read_view().revision, r);
+    }
+
+    /// The revisions a view carries are those its snapshot holds, whether they came
+    /// from the published copy or from disk, while puts, runs of puts and
+    /// compactions are applied.
+    #[test]
+    fn views_carry_the_revisions_their_snapshot_holds_while_writes_run() {
+        let (_dir, s) = store();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut views = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let v = s.read_view();
+                        let stored = revision_value(v.meta(meta_keys::REVISION), FIRST_REVISION);
+                        let compacted = revision_value(v.meta(meta_keys::COMPACT_REVISION), 0);
+                        assert_eq!((v.revision, v.compact_revision), (stored, compacted), "view {views}");
+                        views += 1;
+                    }
+                    views
+                })
+            })
+            .collect();
+        for i in 0..600u32 {
+            let r = put(&s, &format!("k{}", i % 50), "v");
+            let run: Vec<Command> = (0..3)
+                .map(|j| {
+                    Command::Put(PutRequest { key: format!("r{j}").into(), value: b"v".to_vec(), ..Default::default() })
+                })
+                .collect();
+            s.apply_puts(&run, &[]).unwrap();
+            if i % 100 == 99 {
+                s.apply(&Command::Compact { revision: r }, &[]).unwrap();
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        for r in readers {
+            assert!(r.join().expect("reader") > 0);
+        }
+        assert_eq!(s.published.seq.load(Ordering::SeqCst) % 2, 0, "published after the last write");
+        let v = s.read_view();
+        assert_eq!((v.revision, v.compact_revision), (s.status().revision, s.status().compact_revision));
+        assert_eq!(v.revision, 1 + 600 * 4);
     }
 }
