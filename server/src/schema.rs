@@ -95,10 +95,6 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     env.lower_thread_pool_cpu_priority();
     env.lower_high_priority_thread_pool_cpu_priority();
     opts.set_env(&env);
-    let mut env = Env::new()?;
-    env.lower_thread_pool_cpu_priority();
-    env.lower_high_priority_thread_pool_cpu_priority();
-    opts.set_env(&env);
     let cache = Cache::new_lru_cache(128 * 1024 * 1024);
     let cfs = ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
