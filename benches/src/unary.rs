@@ -16,15 +16,11 @@
 //! the protobuf bytes; the status comes in the trailers (`grpc-status`,
 //! `grpc-message`), or in the headers of a response without a body.
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
-
 use anyhow::{Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use cairn_proto::coalesce::CoalescedWrites;
 use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// gRPC's message prefix: compressed flag and length.
@@ -58,7 +54,7 @@ impl UnaryConn {
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)
-            .handshake::<_, Bytes>(SmallWritesCoalesce(tcp))
+            .handshake::<_, Bytes>(CoalescedWrites(tcp))
             .await
             .with_context(|| format!("HTTP/2 handshake with {url}"))?;
         tokio::spawn(async move {
@@ -164,32 +160,6 @@ fn percent_decode(s: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A TCP stream that tells h2 it has no vectored writes: h2 then copies frames of
-/// up to 1 KiB into its write buffer (rather than writing a frame of 256 bytes or
-/// more as its own `writev` entry, which ends the buffer), so every request queued
-/// on the connection leaves in one `write`.
-struct SmallWritesCoalesce(TcpStream);
-
-impl AsyncRead for SmallWritesCoalesce {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SmallWritesCoalesce {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut TaskContext<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,13 @@
-//! Protocol definitions for Cairn: the etcd v3 client API and Cairn's own peer API.
+//! Protocol definitions for Cairn: the etcd v3 client API and Cairn's own peer API,
+//! and [`coalesce::CoalescedWrites`], the transport setting every side's h2 uses.
 //!
 //! The etcd packages keep etcd's protobuf package names (`mvccpb`, `authpb`,
 //! `etcdserverpb`) as module names, at the crate root, so that the paths prost
 //! generates between them (such as `super::mvccpb::KeyValue` inside
 //! `etcdserverpb`) resolve.
 #![warn(missing_docs)]
+
+pub mod coalesce;
 
 /// etcd's MVCC data types (protobuf package `mvccpb`): `KeyValue` and `Event`.
 pub mod mvccpb {

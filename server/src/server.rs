@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use cairn_proto::coalesce::CoalescedWrites;
 use cairn_proto::etcdserverpb::cluster_server::ClusterServer;
 use cairn_proto::etcdserverpb::kv_server::KvServer;
 use cairn_proto::etcdserverpb::lease_server::LeaseServer;
@@ -18,8 +19,8 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{
-    serve_metrics, Api, ApiLimits, ClusterService, CoalescedWrites, KvService, LeaseService, LenientAuthority,
-    MaintenanceService, ObserveLayer, Observer, UnimplementedLayer, WatchService,
+    serve_metrics, Api, ApiLimits, ClusterService, KvService, LeaseService, LenientAuthority, MaintenanceService,
+    ObserveLayer, Observer, UnimplementedLayer, WatchService,
 };
 use crate::bootstrap;
 use crate::config::{url_authority, ClusterState, Config};

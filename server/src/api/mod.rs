@@ -3,7 +3,6 @@
 
 mod authority;
 mod cluster;
-mod coalesce;
 mod convert;
 mod error;
 mod http;
@@ -24,7 +23,6 @@ use cairn_proto::etcdserverpb::ResponseHeader;
 
 pub use authority::LenientAuthority;
 pub use cluster::ClusterService;
-pub use coalesce::CoalescedWrites;
 pub use error::{admin_status, mvcc_status, raft_status};
 pub use http::{serve_metrics, ObserveLayer, Observer};
 pub use kv::KvService;

@@ -284,7 +284,21 @@ impl KvStore {
     pub fn write_meta(&self, meta: &[(&[u8], Vec<u8>)]) -> Result<(), rocksdb::Error> {
         let mut batch = WriteBatch::default();
         self.add_meta(&mut batch, meta);
-        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))
+        self.commit(batch, None)
+    }
+
+    /// Writes an applier's batch (unsynced: the Raft log, in the same WAL, is
+    /// synced). A batch that changes the revisions names them in `revisions`
+    /// (current, compacted): they are published around the write (see [`Published`]).
+    fn commit(&self, batch: WriteBatch, revisions: Option<(Revision, Revision)>) -> Result<(), rocksdb::Error> {
+        if revisions.is_some() {
+            self.published.begin_write();
+        }
+        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
+        if let Some((revision, compact_revision)) = revisions {
+            self.published.publish(revision, compact_revision);
+        }
+        Ok(())
     }
 
     fn add_meta(&self, batch: &mut WriteBatch, meta: &[(&[u8], Vec<u8>)]) {
@@ -345,14 +359,9 @@ impl KvStore {
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
-        let revisions_change = changed || compacted.is_some();
-        if revisions_change {
-            self.published.begin_write();
-        }
-        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
-        if revisions_change {
-            self.published.publish(revision, compacted.unwrap_or(applied.compact_revision));
-        }
+        let revisions =
+            (changed || compacted.is_some()).then(|| (revision, compacted.unwrap_or(applied.compact_revision)));
+        self.commit(batch, revisions)?;
         if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -403,14 +412,7 @@ impl KvStore {
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
-        let revision_changes = revision != applied.revision;
-        if revision_changes {
-            self.published.begin_write();
-        }
-        crate::observability::backend_commit(|| self.db.write_opt(batch, &unsynced()))?;
-        if revision_changes {
-            self.published.publish(revision, applied.compact_revision);
-        }
+        self.commit(batch, (revision != applied.revision).then_some((revision, applied.compact_revision)))?;
         applied.revision = revision;
         for changes in committed {
             // Under the applier lock, in order, as in `apply`.

@@ -1,4 +1,5 @@
-//! Fewer, larger writes on gRPC connections.
+//! Fewer, larger writes on gRPC connections, for the server's listeners and for
+//! clients that speak h2 directly (the load generator).
 //!
 //! h2 (under tonic) encodes frames into a write buffer and writes it out when it has
 //! nothing more to send. On a transport with vectored writes, as a TCP stream is,
@@ -21,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
 /// A connection that hides its vectored writes from h2 (see the module docs).
+#[derive(Debug)]
 pub struct CoalescedWrites<IO>(pub IO);
 
 impl<IO: AsyncRead + Unpin> AsyncRead for CoalescedWrites<IO> {
