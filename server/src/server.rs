@@ -178,9 +178,9 @@ enum Stop {
 
 /// Resolves once openraft's core has stopped on a fatal error.
 async fn raft_failure(node: &Arc<RaftNode>) -> String {
-    let mut metrics = node.raft.metrics();
-    let failed = match metrics.wait_for(|m| m.running_state.is_err()).await {
-        Ok(m) => m.running_state.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+    let mut status = node.status();
+    let failed = match status.wait_for(|s| s.failed.is_some()).await {
+        Ok(s) => s.failed.clone().unwrap_or_default(),
         Err(_) => "raft's core ended".to_string(),
     };
     failed

@@ -23,7 +23,7 @@ use super::Api;
 use crate::limits::HEALTH_READ_TIMEOUT_MS;
 use crate::mvcc::AlarmKind;
 use crate::observability::{self, member_label, metrics};
-use crate::raft::{NodeId, Raft};
+use crate::raft::{NodeId, RaftStatus};
 use crate::watch::WatchHub;
 
 const PATH_METRICS: &str = "/metrics";
@@ -43,7 +43,7 @@ pub struct Observer {
 impl Observer {
     /// Starts counting leader changes and returns the endpoints' state.
     pub fn start(api: Arc<Api>, hub: Arc<WatchHub>) -> Arc<Self> {
-        tokio::spawn(count_leader_changes(api.node.raft.clone()));
+        tokio::spawn(count_leader_changes(api.node.status()));
         Arc::new(Observer { api, hub, scrape: std::sync::Mutex::new(()) })
     }
 
@@ -170,11 +170,10 @@ fn not_found() -> Response<Body> {
 }
 
 /// Counts every change of the known leader (to another member or to none and back).
-async fn count_leader_changes(raft: Raft) {
-    let mut rx = raft.metrics();
+async fn count_leader_changes(mut rx: tokio::sync::watch::Receiver<RaftStatus>) {
     let mut last: Option<NodeId> = None;
     loop {
-        let leader = rx.borrow_and_update().current_leader;
+        let leader = rx.borrow_and_update().leader;
         if leader.is_some() && leader != last {
             metrics().raft.leader_changes_seen_total.inc();
             last = leader;

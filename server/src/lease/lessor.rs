@@ -142,14 +142,14 @@ impl Lessor {
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(LEASE_EXPIRY_TICK_MS));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut metrics = self.node.raft.metrics();
+        let mut status = self.node.status();
         let mut role = None;
         let mut next_checkpoint = Instant::now() + self.settings.checkpoint_interval;
         let mut cursor = i64::MIN;
         loop {
             let ticked = tokio::select! {
                 _ = tick.tick() => true,
-                changed = metrics.changed() => {
+                changed = status.changed() => {
                     if changed.is_err() {
                         return;
                     }

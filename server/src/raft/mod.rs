@@ -13,6 +13,7 @@ mod proposal_batch;
 mod read_index;
 pub mod snapshot_file;
 mod state_machine;
+mod status;
 
 use std::fmt;
 
@@ -26,6 +27,7 @@ pub use network::PeerNetwork;
 pub use node::{RaftNode, RaftNodeError, RaftSettings};
 pub use peer_service::PeerService;
 pub use state_machine::{export_snapshot, StateMachine};
+pub use status::RaftStatus;
 
 use crate::mvcc::{ApplyOutcome, Command};
 

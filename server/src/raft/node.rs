@@ -17,6 +17,7 @@ use tokio::time::{timeout, Instant};
 use super::network::{PeerCallError, PeerRpc};
 use super::proposal_batch::ProposalBatcher;
 use super::read_index::ReadBatcher;
+use super::status::{self, RaftStatus, StatusFeed};
 use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARDS_IN_FLIGHT_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT,
@@ -73,6 +74,8 @@ pub struct RaftNode {
     pub(super) settings: RaftSettings,
     local_reads: Arc<ReadBatcher>,
     leader_reads: Arc<ReadBatcher>,
+    /// Role, leader and applied index, published only when they change.
+    feed: StatusFeed,
     /// Client commands waiting to be proposed together, with the index of the entry
     /// that carried each.
     proposal_batch: Arc<ProposalBatcher<(u64, ApplyOutcome)>>,
@@ -117,6 +120,7 @@ impl RaftNode {
         let net = PeerNetwork::new(cluster_id, id);
         let sm = StateMachine::new(store.clone(), snapshot_dir)?;
         let raft = Raft::new(id, Arc::new(config), net.clone(), LogStore::open(db), sm).await?;
+        let feed = status::spawn(&raft, id);
         let node = Arc::new(RaftNode {
             raft,
             id,
@@ -125,6 +129,7 @@ impl RaftNode {
             settings,
             local_reads: Arc::default(),
             leader_reads: Arc::default(),
+            feed,
             proposal_batch: Arc::new(ProposalBatcher::new(PROPOSALS_IN_FLIGHT_MAX)),
             forwards: Arc::new(ProposalBatcher::new(FORWARDS_IN_FLIGHT_MAX)),
             store,
@@ -133,14 +138,14 @@ impl RaftNode {
             removed_cache: std::sync::Mutex::new((None, BTreeSet::new())),
             snapshot_receipt: std::sync::Mutex::new((0, None)),
         });
-        tokio::spawn(log_leadership(node.raft.clone(), id));
+        tokio::spawn(log_leadership(node.status(), id));
         if node.removed_members().contains(&id) {
             // Removed before it stopped last time: it is no voter any more, so it
             // would never contact anyone to be told.
             tracing::error!(member = format_args!("{id:x}"), "this member was removed from the cluster");
             node.net.mark_removed();
         }
-        tokio::spawn(watch_own_removal(node.raft.clone(), id, node.net.clone()));
+        tokio::spawn(watch_own_removal(node.status(), id, node.net.clone()));
         tokio::spawn(node.clone().promote_pending_voters());
         Ok(node)
     }
@@ -182,6 +187,12 @@ impl RaftNode {
             });
         }
         SnapshotReceipt { node: self.clone() }
+    }
+
+    /// Role, leader, term and membership of this member, and openraft's fatal error
+    /// once its core stops; published only when one of them changes.
+    pub fn status(&self) -> tokio::sync::watch::Receiver<RaftStatus> {
+        self.feed.status.clone()
     }
 
     /// Becomes true once this member learns it was removed from the cluster.
@@ -402,8 +413,8 @@ impl RaftNode {
                 .map_err(|_| RaftNodeError::Timeout)??,
         };
         crate::observability::step("read_index");
-        let mut rx = self.raft.metrics();
-        let applied = async { rx.wait_for(|m| m.last_applied.map_or(0, |l| l.index) >= index).await.map(|_| ()) };
+        let mut rx = self.feed.applied.clone();
+        let applied = async { rx.wait_for(|applied| *applied >= index).await.map(|_| ()) };
         let result = match tokio::time::timeout_at(deadline, applied).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(RaftNodeError::Stopped),
@@ -520,14 +531,10 @@ impl Drop for SnapshotReceipt {
 
 /// Stops the member (through the network's removed flag) once it has applied a
 /// membership that no longer includes it, having been included before.
-async fn watch_own_removal(raft: Raft, id: NodeId, net: PeerNetwork) {
-    let mut rx = raft.metrics();
+async fn watch_own_removal(mut rx: tokio::sync::watch::Receiver<RaftStatus>, id: NodeId, net: PeerNetwork) {
     let mut was_member = false;
     loop {
-        let included = {
-            let m = rx.borrow_and_update();
-            m.membership_config.membership().get_node(&id).is_some()
-        };
+        let included = rx.borrow_and_update().member;
         if included {
             was_member = true;
         } else if was_member {
@@ -624,13 +631,12 @@ async fn submit_proposal(raft: Raft, commands: Vec<Command>) -> Result<Vec<(u64,
 }
 
 /// Logs elections and leadership changes, one line each.
-async fn log_leadership(raft: Raft, id: NodeId) {
-    let mut rx = raft.metrics();
+async fn log_leadership(mut rx: tokio::sync::watch::Receiver<RaftStatus>, id: NodeId) {
     let mut last = (ServerState::Learner, None, 0u64);
     loop {
         let now = {
-            let m = rx.borrow_and_update();
-            (m.state, m.current_leader, m.current_term)
+            let s = rx.borrow_and_update();
+            (s.state, s.leader, s.term)
         };
         if now != last {
             let (state, leader, term) = now;
