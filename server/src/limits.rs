@@ -70,6 +70,15 @@ pub const PROPOSAL_BATCH_BYTES_MAX: u64 = 1024 * 1024;
 /// batch must encode, travel and be appended well within it.
 pub const APPEND_ENTRIES_BYTES_MAX: u64 = 2 * 1024 * 1024;
 
+/// Largest encoded request a member sends to a peer over the peer's pipe (one stream
+/// shared by many small calls); a larger one goes as a call of its own, so that it
+/// holds up no small call behind it.
+pub const PIPE_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+
+/// Replies of one pipe that may wait to be sent before the calls that made them
+/// wait too.
+pub const PIPE_REPLIES_QUEUED_MAX: usize = 1024;
+
 /// Bytes of snapshot sent in one InstallSnapshot chunk.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 

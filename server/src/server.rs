@@ -68,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut servers = Vec::new();
     for listener in peer_listeners {
-        let peer = PeerServer::new(PeerService::new(node.clone(), lessor.clone()))
+        let peer = PeerServer::new(PeerService::new(node.clone(), lessor.clone(), stop_rx.clone()))
             .max_decoding_message_size(RESPONSE_BYTES_MAX)
             .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let router = tonic::transport::Server::builder().layer(ObserveLayer::peer()).add_service(peer);

@@ -9,6 +9,7 @@ mod membership;
 mod network;
 mod node;
 mod peer_service;
+mod pipe;
 mod proposal_batch;
 mod read_index;
 pub mod snapshot_file;

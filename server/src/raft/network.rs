@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_proto::peer::peer_client::PeerClient;
-use cairn_proto::peer::PeerMessage;
+use cairn_proto::peer::{PeerMessage, PipeRpc};
 use openraft::error::{
     InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -20,8 +20,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::pipe::{Pipe, PipeError};
 use super::{Member, NodeId, TypeConfig};
-use crate::limits::{APPEND_ENTRIES_BYTES_MAX, RESPONSE_BYTES_MAX};
+use crate::limits::{APPEND_ENTRIES_BYTES_MAX, PIPE_PAYLOAD_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Which peer RPC to call.
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +35,33 @@ pub(crate) enum PeerRpc {
     Lease,
     Admin,
     Members,
+}
+
+impl PeerRpc {
+    /// The pipe call of this kind, for those that go over the peer's pipe when
+    /// small: the frequent ones that take no longer than a Raft round.
+    fn on_pipe(self) -> Option<PipeRpc> {
+        match self {
+            PeerRpc::AppendEntries => Some(PipeRpc::AppendEntries),
+            PeerRpc::Vote => Some(PipeRpc::Vote),
+            PeerRpc::Forward => Some(PipeRpc::Forward),
+            PeerRpc::ReadIndex => Some(PipeRpc::ReadIndex),
+            PeerRpc::Lease => Some(PipeRpc::Lease),
+            PeerRpc::InstallSnapshot | PeerRpc::Admin | PeerRpc::Members => None,
+        }
+    }
+
+    /// The RPC a pipe call stands for.
+    pub(crate) fn of_pipe(rpc: PipeRpc) -> Option<PeerRpc> {
+        match rpc {
+            PipeRpc::AppendEntries => Some(PeerRpc::AppendEntries),
+            PipeRpc::Vote => Some(PeerRpc::Vote),
+            PipeRpc::Forward => Some(PeerRpc::Forward),
+            PipeRpc::ReadIndex => Some(PeerRpc::ReadIndex),
+            PipeRpc::Lease => Some(PeerRpc::Lease),
+            PipeRpc::Unspecified => None,
+        }
+    }
 }
 
 /// Why a peer call failed before the peer could answer.
@@ -57,9 +85,17 @@ pub(crate) enum PeerCallError {
 pub struct PeerNetwork {
     cluster_id: u64,
     self_id: NodeId,
-    channels: Arc<Mutex<HashMap<NodeId, (String, Channel)>>>,
+    peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     /// Set once this member learns it was removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+/// The connection to one peer, for the URL it was made to.
+struct Peer {
+    url: String,
+    channel: Channel,
+    /// Opened on the first small call.
+    pipe: Option<Arc<Pipe>>,
 }
 
 /// Part of the message a member sends to one that was removed from the cluster.
@@ -68,7 +104,7 @@ pub(crate) const REMOVED_MARK: &str = "was removed from the cluster";
 impl PeerNetwork {
     pub fn new(cluster_id: u64, self_id: NodeId) -> Self {
         let (removed, _) = tokio::sync::watch::channel(false);
-        PeerNetwork { cluster_id, self_id, channels: Arc::default(), removed: Arc::new(removed) }
+        PeerNetwork { cluster_id, self_id, peers: Arc::default(), removed: Arc::new(removed) }
     }
 
     /// Becomes true once this member learns that it was removed from the cluster.
@@ -80,27 +116,41 @@ impl PeerNetwork {
         self.removed.send_replace(true);
     }
 
-    fn channel(&self, target: NodeId, node: &Member) -> Result<Channel, PeerCallError> {
+    /// The connection to `target` at its first peer URL (a new one if the URL
+    /// changed), and with `pipe`, its pipe (a new one if the last has closed).
+    fn connection(
+        &self,
+        target: NodeId,
+        node: &Member,
+        pipe: bool,
+    ) -> Result<(Channel, Option<Arc<Pipe>>), PeerCallError> {
         let url = node.peer_urls.first().ok_or_else(|| PeerCallError::BadAddress {
             target,
             reason: format!("member {} lists no peer URL", node.name),
         })?;
-        let mut channels = self.channels.lock().expect("peer channel map");
-        if let Some((known, channel)) = channels.get(&target) {
-            if known == url {
-                return Ok(channel.clone());
+        let mut peers = self.peers.lock().expect("peer connection map");
+        let peer = match peers.get_mut(&target) {
+            Some(peer) if peer.url == *url => peer,
+            _ => {
+                let endpoint = Endpoint::from_shared(url.clone())
+                    .map_err(|e| PeerCallError::BadAddress { target, reason: format!("{url}: {e}") })?
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
+                let peer = Peer { url: url.clone(), channel: endpoint.connect_lazy(), pipe: None };
+                peers.insert(target, peer);
+                peers.get_mut(&target).expect("just inserted")
             }
+        };
+        if !pipe {
+            return Ok((peer.channel.clone(), None));
         }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| PeerCallError::BadAddress { target, reason: format!("{url}: {e}") })?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .keep_alive_while_idle(true);
-        let channel = endpoint.connect_lazy();
-        channels.insert(target, (url.clone(), channel.clone()));
-        Ok(channel)
+        if peer.pipe.as_ref().is_none_or(|p| p.is_closed()) {
+            peer.pipe = Some(Arc::new(Pipe::open(peer.channel.clone())));
+        }
+        Ok((peer.channel.clone(), peer.pipe.clone()))
     }
 
     /// Calls `rpc` on `target` with a bincode payload and decodes its bincode reply.
@@ -112,42 +162,64 @@ impl PeerNetwork {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, PeerCallError> {
-        let channel = self.channel(target, node)?;
-        let mut client = PeerClient::new(channel)
-            .max_decoding_message_size(RESPONSE_BYTES_MAX)
-            .max_encoding_message_size(RESPONSE_BYTES_MAX);
         let payload = bincode::serialize(req).expect("bincode encoding of an in-memory value cannot fail");
-        let mut request = tonic::Request::new(PeerMessage { cluster_id: self.cluster_id, from: self.self_id, payload });
-        request.set_timeout(timeout);
-        let call = async {
-            match rpc {
-                PeerRpc::AppendEntries => client.append_entries(request).await,
-                PeerRpc::Vote => client.vote(request).await,
-                PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
-                PeerRpc::Forward => client.forward(request).await,
-                PeerRpc::ReadIndex => client.read_index(request).await,
-                PeerRpc::Lease => client.lease(request).await,
-                PeerRpc::Admin => client.admin(request).await,
-                PeerRpc::Members => client.members(request).await,
+        let message = PeerMessage { cluster_id: self.cluster_id, from: self.self_id, payload };
+        let on_pipe = rpc.on_pipe().filter(|_| message.payload.len() <= PIPE_PAYLOAD_BYTES_MAX);
+        let (channel, pipe) = self.connection(target, node, on_pipe.is_some())?;
+        let outcome = match (on_pipe, pipe) {
+            (Some(pipe_rpc), Some(pipe)) => {
+                let call = crate::observability::peer_call(target, rpc, pipe.call(pipe_rpc, message, timeout));
+                match tokio::time::timeout(timeout, call).await {
+                    Err(_) => Err(None),
+                    Ok(Ok(reply)) => Ok(reply),
+                    Ok(Err(PipeError::NeverSent(status))) => {
+                        return Err(PeerCallError::Unreachable { target, reason: status.message().to_string() })
+                    }
+                    Ok(Err(PipeError::Broken(status) | PipeError::Refused(status))) => Err(Some(status)),
+                }
+            }
+            _ => {
+                let mut client = PeerClient::new(channel)
+                    .max_decoding_message_size(RESPONSE_BYTES_MAX)
+                    .max_encoding_message_size(RESPONSE_BYTES_MAX);
+                let mut request = tonic::Request::new(message);
+                request.set_timeout(timeout);
+                let call = async {
+                    match rpc {
+                        PeerRpc::AppendEntries => client.append_entries(request).await,
+                        PeerRpc::Vote => client.vote(request).await,
+                        PeerRpc::InstallSnapshot => client.install_snapshot(request).await,
+                        PeerRpc::Forward => client.forward(request).await,
+                        PeerRpc::ReadIndex => client.read_index(request).await,
+                        PeerRpc::Lease => client.lease(request).await,
+                        PeerRpc::Admin => client.admin(request).await,
+                        PeerRpc::Members => client.members(request).await,
+                    }
+                };
+                let call = crate::observability::peer_call(target, rpc, call);
+                match tokio::time::timeout(timeout, call).await {
+                    Err(_) => Err(None),
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) if never_sent(&status) => {
+                        return Err(PeerCallError::Unreachable { target, reason: status.message().to_string() })
+                    }
+                    Ok(Err(status)) => Err(Some(status)),
+                }
             }
         };
-        let call = crate::observability::peer_call(target, rpc, call);
-        let reply = match tokio::time::timeout(timeout, call).await {
-            Err(_) => return Err(PeerCallError::Timeout { target, timeout }),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(None) => return Err(PeerCallError::Timeout { target, timeout }),
+            Err(Some(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                 return Err(PeerCallError::Timeout { target, timeout })
             }
-            Ok(Err(status)) if never_sent(&status) => {
-                return Err(PeerCallError::Unreachable { target, reason: status.message().to_string() })
-            }
-            Ok(Err(status)) => {
+            Err(Some(status)) => {
                 if status.code() == tonic::Code::PermissionDenied && status.message().contains(REMOVED_MARK) {
                     tracing::error!(by = format_args!("{target:x}"), "{}", status.message());
                     self.removed.send_replace(true);
                 }
                 return Err(PeerCallError::Refused { target, status });
             }
-            Ok(Ok(reply)) => reply.into_inner(),
         };
         bincode::deserialize(&reply.payload).map_err(|e| PeerCallError::Decode { target, reason: e.to_string() })
     }
@@ -168,7 +240,7 @@ fn entries_within(rpc: &AppendEntriesRequest<TypeConfig>, bytes_max: u64) -> Opt
 
 /// Whether a failed call certainly never reached the peer: the connection itself
 /// was refused. Anything else (reset, timeout) may have delivered the request.
-fn never_sent(status: &tonic::Status) -> bool {
+pub(crate) fn never_sent(status: &tonic::Status) -> bool {
     let mut source: Option<&(dyn Error + 'static)> = Some(status);
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {

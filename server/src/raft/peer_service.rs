@@ -5,28 +5,31 @@
 use std::sync::Arc;
 
 use cairn_proto::peer::peer_server::Peer;
-use cairn_proto::peer::PeerMessage;
+use cairn_proto::peer::{PeerMessage, PipeCall, PipeRpc};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::{Request, Response, Status};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
 
-use super::network::REMOVED_MARK;
+use super::network::{PeerRpc, REMOVED_MARK};
 use super::{AdminRequest, LeaseCall, LeaseLeader, NodeId, RaftNode, TypeConfig};
 use crate::mvcc::Command;
 
+#[derive(Clone)]
 pub struct PeerService {
     node: Arc<RaftNode>,
     leases: Arc<dyn LeaseLeader>,
+    /// Turns true when the member stops: the pipes it serves end then.
+    stop: watch::Receiver<bool>,
 }
 
 impl PeerService {
-    pub fn new(node: Arc<RaftNode>, leases: Arc<dyn LeaseLeader>) -> Self {
-        PeerService { node, leases }
+    pub fn new(node: Arc<RaftNode>, leases: Arc<dyn LeaseLeader>, stop: watch::Receiver<bool>) -> Self {
+        PeerService { node, leases, stop }
     }
 
-    fn open<T: DeserializeOwned>(&self, req: Request<PeerMessage>) -> Result<(NodeId, T), Status> {
-        let msg = req.into_inner();
+    fn open<T: DeserializeOwned>(&self, msg: PeerMessage) -> Result<(NodeId, T), Status> {
         if self.node.is_removed(msg.from) {
             tracing::warn!(from = format_args!("{:x}", msg.from), "refused a peer message from a removed member");
             return Err(Status::permission_denied(format!(
@@ -50,70 +53,128 @@ impl PeerService {
         Ok((msg.from, payload))
     }
 
-    fn reply<T: Serialize>(&self, value: &T) -> Response<PeerMessage> {
+    fn reply<T: Serialize>(&self, value: &T) -> PeerMessage {
         let payload = bincode::serialize(value).expect("bincode encoding of an in-memory value cannot fail");
-        Response::new(PeerMessage { cluster_id: self.node.cluster_id, from: self.node.id, payload })
+        PeerMessage { cluster_id: self.node.cluster_id, from: self.node.id, payload }
+    }
+
+    /// Handles one call of kind `rpc`, whether it came as a call of its own or
+    /// over a pipe.
+    async fn handle(&self, rpc: PeerRpc, msg: PeerMessage) -> Result<PeerMessage, Status> {
+        match rpc {
+            PeerRpc::AppendEntries => {
+                let (_, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(msg)?;
+                Ok(self.reply(&self.node.raft.append_entries(rpc).await))
+            }
+            PeerRpc::Vote => {
+                let (_, rpc): (_, VoteRequest<NodeId>) = self.open(msg)?;
+                Ok(self.reply(&self.node.raft.vote(rpc).await))
+            }
+            PeerRpc::InstallSnapshot => {
+                let (_, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(msg)?;
+                // openraft writes the chunk to the snapshot file and then advances the
+                // offset it tracks. Were this handler cancelled in between (the sender's
+                // connection drops), the file position and that offset would disagree,
+                // and the resent chunk would be written in the wrong place. A task of
+                // its own finishes the chunk whatever happens to the connection.
+                let node = self.node.clone();
+                let chunk = tokio::spawn(async move {
+                    let _receiving = node.receiving_snapshot();
+                    node.raft.install_snapshot(rpc).await
+                });
+                let handled =
+                    chunk.await.map_err(|e| Status::internal(format!("handling a snapshot chunk failed: {e}")))?;
+                Ok(self.reply(&handled))
+            }
+            PeerRpc::Forward => {
+                // A follower's batch of forwarded commands: proposed together (in
+                // order, so they most likely share one entry), answered together.
+                let (_, commands): (_, Vec<Command>) = self.open(msg)?;
+                let results = futures::future::join_all(commands.into_iter().map(|c| self.node.propose_local(c))).await;
+                Ok(self.reply(&results))
+            }
+            PeerRpc::ReadIndex => {
+                let (_, ()) = self.open(msg)?;
+                Ok(self.reply(&self.node.leader_read_index().await))
+            }
+            PeerRpc::Lease => {
+                let (_, call): (_, LeaseCall) = self.open(msg)?;
+                Ok(self.reply(&self.leases.serve(call).await))
+            }
+            PeerRpc::Admin => {
+                let (_, admin): (_, AdminRequest) = self.open(msg)?;
+                Ok(self.reply(&self.node.admin_local(admin).await))
+            }
+            PeerRpc::Members => {
+                // A member joining with an empty data directory does not know the
+                // cluster ID yet; it may ask for the members (nothing else).
+                if msg.cluster_id != 0 {
+                    self.open::<()>(msg)?;
+                }
+                Ok(self.reply(&self.node.cluster_view()))
+            }
+        }
+    }
+
+    async fn unary(&self, rpc: PeerRpc, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        self.handle(rpc, req.into_inner()).await.map(Response::new)
     }
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
     async fn append_entries(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, rpc): (_, AppendEntriesRequest<TypeConfig>) = self.open(req)?;
-        Ok(self.reply(&self.node.raft.append_entries(rpc).await))
+        self.unary(PeerRpc::AppendEntries, req).await
     }
 
     async fn vote(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, rpc): (_, VoteRequest<NodeId>) = self.open(req)?;
-        Ok(self.reply(&self.node.raft.vote(rpc).await))
+        self.unary(PeerRpc::Vote, req).await
     }
 
     async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, rpc): (_, InstallSnapshotRequest<TypeConfig>) = self.open(req)?;
-        // openraft writes the chunk to the snapshot file and then advances the offset
-        // it tracks. Were this handler cancelled in between (the sender's connection
-        // drops), the file position and that offset would disagree, and the resent
-        // chunk would be written in the wrong place. A task of its own finishes the
-        // chunk whatever happens to the connection.
-        let node = self.node.clone();
-        let chunk = tokio::spawn(async move {
-            let _receiving = node.receiving_snapshot();
-            node.raft.install_snapshot(rpc).await
-        });
-        let handled = chunk.await.map_err(|e| Status::internal(format!("handling a snapshot chunk failed: {e}")))?;
-        Ok(self.reply(&handled))
+        self.unary(PeerRpc::InstallSnapshot, req).await
     }
 
     async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        // A follower's batch of forwarded commands: proposed together (in order, so
-        // they most likely share one entry), answered together.
-        let (_, commands): (_, Vec<Command>) = self.open(req)?;
-        let results = futures::future::join_all(commands.into_iter().map(|c| self.node.propose_local(c))).await;
-        Ok(self.reply(&results))
+        self.unary(PeerRpc::Forward, req).await
     }
 
     async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, ()) = self.open(req)?;
-        Ok(self.reply(&self.node.leader_read_index().await))
+        self.unary(PeerRpc::ReadIndex, req).await
     }
 
     async fn lease(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, call): (_, LeaseCall) = self.open(req)?;
-        Ok(self.reply(&self.leases.serve(call).await))
+        self.unary(PeerRpc::Lease, req).await
     }
 
     async fn admin(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let (_, admin): (_, AdminRequest) = self.open(req)?;
-        Ok(self.reply(&self.node.admin_local(admin).await))
+        self.unary(PeerRpc::Admin, req).await
     }
 
     async fn members(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
-        let msg = req.into_inner();
-        // A member joining with an empty data directory does not know the cluster
-        // ID yet; it may ask for the members (nothing else).
-        if msg.cluster_id != 0 {
-            self.open::<()>(Request::new(msg))?;
-        }
-        Ok(self.reply(&self.node.cluster_view()))
+        self.unary(PeerRpc::Members, req).await
+    }
+
+    type PipeStream = super::pipe::Replies;
+
+    async fn pipe(&self, req: Request<Streaming<PipeCall>>) -> Result<Response<Self::PipeStream>, Status> {
+        let service = self.clone();
+        let handler: super::pipe::Handler = Arc::new(move |rpc: PipeRpc, msg: PeerMessage| {
+            let service = service.clone();
+            Box::pin(async move {
+                let rpc = PeerRpc::of_pipe(rpc).ok_or_else(|| Status::unimplemented("cairn: unknown pipe call"))?;
+                // Traced as the unary calls of these kinds are (see the peer layer).
+                match rpc {
+                    PeerRpc::Forward => {
+                        crate::observability::traced("/cairn.peer.v1.Peer/Forward", service.handle(rpc, msg)).await
+                    }
+                    PeerRpc::Lease => {
+                        crate::observability::traced("/cairn.peer.v1.Peer/Lease", service.handle(rpc, msg)).await
+                    }
+                    _ => service.handle(rpc, msg).await,
+                }
+            })
+        });
+        Ok(Response::new(super::pipe::serve(req.into_inner(), handler, self.stop.clone())))
     }
 }
