@@ -523,7 +523,12 @@ async fn drive(shared: Arc<Shared>, clients: Vec<Client>, show_progress: bool) -
                 if spec.total.is_none() && due >= deadline {
                     break;
                 }
-                tokio::time::sleep_until(due.into()).await;
+                // Only an open loop waits. tokio rounds a timer up to its next
+                // millisecond tick, so even a wait until "now" held every closed-loop
+                // request back by up to a millisecond.
+                if spec.rate.is_some() && due > Instant::now() {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let result = match tokio::time::timeout(spec.request_timeout, shared.op(&mut client)).await {
                     Ok(r) => r,
                     Err(_) => Err(format!("no answer within {:?}", spec.request_timeout)),
