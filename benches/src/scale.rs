@@ -90,10 +90,17 @@ async fn watch_catch_up(endpoint: &str, from: i64, expected: u64, timeout: Durat
         ..Default::default()
     };
     tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }).await?;
-    // Sent before the call returns: etcd completes it only with its first response.
-    let mut stream = WatchClient::new(ch).watch(ReceiverStream::new(rx)).await?.into_inner();
-    let mut events = 0u64;
     let deadline = started + timeout;
+    // Sent before the call returns: etcd completes it only with its first response,
+    // which a server busy with a long catch-up may not send within the allowance.
+    let mut client = WatchClient::new(ch);
+    let call = client.watch(ReceiverStream::new(rx));
+    let Ok(stream) = tokio::time::timeout_at(deadline.into(), call).await else {
+        eprintln!("watch catch-up: no response within {timeout:?}");
+        return Ok((started.elapsed(), 0));
+    };
+    let mut stream = stream?.into_inner();
+    let mut events = 0u64;
     while events < expected {
         let msg = tokio::time::timeout_at(deadline.into(), stream.message()).await;
         let r = match msg {
