@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use cairn_proto::peer::peer_server::Peer;
-use cairn_proto::peer::{PeerMessage, PipeCall, PipeRpc};
+use cairn_proto::peer::{PeerMessage, PipeCall};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -159,10 +159,9 @@ impl Peer for PeerService {
 
     async fn pipe(&self, req: Request<Streaming<PipeCall>>) -> Result<Response<Self::PipeStream>, Status> {
         let service = self.clone();
-        let handler: super::pipe::Handler = Arc::new(move |rpc: PipeRpc, msg: PeerMessage| {
+        let handler: super::pipe::Handler = Arc::new(move |rpc: PeerRpc, msg: PeerMessage| {
             let service = service.clone();
             Box::pin(async move {
-                let rpc = PeerRpc::of_pipe(rpc).ok_or_else(|| Status::unimplemented("cairn: unknown pipe call"))?;
                 // Traced as the unary calls of these kinds are (see the peer layer).
                 match rpc {
                     PeerRpc::Forward => {

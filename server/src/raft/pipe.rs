@@ -28,6 +28,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
 use tonic::Status;
 
+use super::network::PeerRpc;
 use crate::limits::{PIPE_REPLIES_QUEUED_MAX, RESPONSE_BYTES_MAX};
 
 /// Why a call on a pipe got no reply.
@@ -157,7 +158,7 @@ fn settle(reply: PipeReply) -> Result<PeerMessage, PipeError> {
 
 /// Handles one call: the same work as the unary RPC of that kind.
 pub(crate) type Handler = Arc<
-    dyn Fn(PipeRpc, PeerMessage) -> Pin<Box<dyn Future<Output = Result<PeerMessage, Status>> + Send>> + Send + Sync,
+    dyn Fn(PeerRpc, PeerMessage) -> Pin<Box<dyn Future<Output = Result<PeerMessage, Status>> + Send>> + Send + Sync,
 >;
 
 /// The reply stream of a served pipe.
@@ -203,12 +204,11 @@ async fn answer(call: PipeCall, handler: &Handler) -> PipeReply {
         code: status.code() as i32,
         error: status.message().to_string(),
     };
-    let (rpc, Some(message)) = (PipeRpc::try_from(call.rpc), call.message) else {
-        return refused(Status::invalid_argument("cairn: a pipe call without a message"));
+    let Some(rpc) = PipeRpc::try_from(call.rpc).ok().and_then(PeerRpc::of_pipe) else {
+        return refused(Status::unimplemented(format!("cairn: unknown pipe call {}", call.rpc)));
     };
-    let rpc = match rpc {
-        Ok(rpc) if rpc != PipeRpc::Unspecified => rpc,
-        _ => return refused(Status::unimplemented(format!("cairn: unknown pipe call {}", call.rpc))),
+    let Some(message) = call.message else {
+        return refused(Status::invalid_argument("cairn: a pipe call without a message"));
     };
     let timeout = Duration::from_millis(call.timeout_ms);
     match tokio::time::timeout(timeout, handler(rpc, message)).await {
@@ -440,5 +440,42 @@ mod tests {
             other => panic!("expected an undecided call, got {other:?}"),
         }
         assert!(pipe.is_closed(), "the caller opens a new pipe for its next call");
+    }
+
+    #[tokio::test]
+    async fn malformed_calls_are_refused_and_reach_no_handler() {
+        let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counting: Handler = Arc::new({
+            let handled = handled.clone();
+            move |_, msg: PeerMessage| {
+                handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move { Ok(msg) })
+            }
+        });
+        let (addr, server) = start(counting).await;
+        let calls = vec![
+            PipeCall { id: 1, rpc: 99, message: Some(message(&[1])), timeout_ms: 1000 },
+            PipeCall { id: 2, rpc: PipeRpc::Unspecified as i32, message: Some(message(&[1])), timeout_ms: 1000 },
+            PipeCall { id: 3, rpc: PipeRpc::Vote as i32, message: None, timeout_ms: 1000 },
+            PipeCall { id: 4, rpc: PipeRpc::Vote as i32, message: Some(message(&[4])), timeout_ms: 1000 },
+        ];
+        let mut client = PeerClient::new(channel_to(addr));
+        let mut replies = client.pipe(tokio_stream::iter(calls)).await.expect("pipe opened").into_inner();
+        let mut got = HashMap::new();
+        while got.len() < 4 {
+            let reply = replies.message().await.expect("stream healthy").expect("four replies");
+            got.insert(reply.id, reply);
+        }
+        for (id, code) in
+            [(1, tonic::Code::Unimplemented), (2, tonic::Code::Unimplemented), (3, tonic::Code::InvalidArgument)]
+        {
+            let reply = &got[&id];
+            assert!(reply.message.is_none(), "call {id} was answered");
+            assert_eq!(reply.code, code as i32, "call {id}: {}", reply.error);
+            assert!(reply.error.starts_with("cairn: "), "call {id}: {}", reply.error);
+        }
+        assert_eq!(got[&4].message.as_ref().map(|m| m.payload.clone()), Some(vec![4]), "a good call still works");
+        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 1, "only the good call reached the handler");
+        server.abort();
     }
 }
