@@ -3,7 +3,7 @@
 
 use super::range::{decode, KvRecord};
 use super::write_txn::tombstone;
-use super::{Event, EventKind, MvccError, ReadView, Revision, RevisionEvents};
+use super::{Event, EventKind, KeyValue, MvccError, ReadView, Revision, RevisionEvents};
 use crate::schema::{self, CF_EVENTS, CF_HISTORY};
 
 impl ReadView<'_> {
@@ -38,6 +38,20 @@ impl ReadView<'_> {
             panic!("reading the event log failed: {e}");
         }
         Ok(out)
+    }
+
+    /// The version of `key` that the change at `rev` replaced: its newest stored
+    /// version before `rev`, if that is live. `None` if the key did not exist then,
+    /// or if compaction removed that version.
+    pub fn version_before(&self, key: &[u8], rev: Revision) -> Option<KeyValue> {
+        let mut it = self.snap.raw_iterator_cf(schema::cf(self.db, CF_HISTORY));
+        it.seek(schema::history_key(key, rev - 1));
+        let (found, _) = it.key().map(schema::decode_history_key)?;
+        if found != key {
+            return None;
+        }
+        let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
+        record.map(|r| r.to_key_value(key))
     }
 
     /// The change to `key` at `rev`, with the version before it.

@@ -11,6 +11,7 @@ use rocksdb::{SnapshotWithThreadMode, WriteBatch, WriteOptions, DB};
 use tokio::sync::broadcast;
 
 use super::lease_table::{self, LeaseRecord};
+use super::live_keys::LiveKeys;
 use super::range::{decode, encode, execute_range, Source};
 use super::txn_check::validate_command;
 use super::write_txn::WriteTxn;
@@ -36,6 +37,8 @@ struct Applied {
     revision: Revision,
     compact_revision: Revision,
     alarms: BTreeSet<(u64, AlarmKind)>,
+    /// Metadata of recently written live keys, exactly as committed.
+    keys: LiveKeys,
 }
 
 pub struct KvStore {
@@ -157,12 +160,16 @@ fn revision_value(bytes: Option<Vec<u8>>, default: Revision) -> Revision {
 impl KvStore {
     /// Opens the store on a database created by [`schema::open_db`].
     pub fn open(db: Arc<DB>) -> Arc<Self> {
+        Self::open_with_key_cache(db, LiveKeys::new())
+    }
+
+    fn open_with_key_cache(db: Arc<DB>, keys: LiveKeys) -> Arc<Self> {
         let gate = Arc::new(RwLock::new(()));
         let compactor = Compactor::start(db.clone(), gate.clone());
         let (changes, _) = broadcast::channel(CHANGE_FEED_REVISIONS_MAX);
         let store = Arc::new(KvStore {
             db,
-            applied: Mutex::new(Applied { revision: 0, compact_revision: 0, alarms: BTreeSet::new() }),
+            applied: Mutex::new(Applied { revision: 0, compact_revision: 0, alarms: BTreeSet::new(), keys }),
             compactor,
             changes,
             lease_generation: AtomicU64::new(0),
@@ -187,6 +194,7 @@ impl KvStore {
             applied.revision = view.revision;
             applied.compact_revision = view.compact_revision;
             applied.alarms = view.meta(meta_keys::ALARMS).map(|b| decode(&b, "alarms")).unwrap_or_default();
+            applied.keys.clear();
             self.published.publish(view.revision, view.compact_revision);
         }
         self.compactor.reset(finished);
@@ -317,7 +325,7 @@ impl KvStore {
     pub fn apply(&self, cmd: &Command, meta: &[(&[u8], Vec<u8>)]) -> Result<ApplyOutcome, rocksdb::Error> {
         let mut applied = self.applied.lock().expect("applier lock");
         let snap = self.db.snapshot();
-        let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
+        let mut txn = WriteTxn::new(&self.db, &snap, &applied.keys, applied.revision, applied.compact_revision);
         let mut alarms = None;
         let result = admit(cmd, &applied.alarms).and_then(|()| match cmd {
             Command::Put(r) => txn.put(r).map(CommandResponse::Put),
@@ -343,7 +351,10 @@ impl KvStore {
             }
         });
         let changed = result.is_ok() && txn.changed();
-        let (mut batch, events) = if result.is_ok() { txn.into_parts() } else { (WriteBatch::default(), Vec::new()) };
+        let (mut batch, events, keys) = match &result {
+            Ok(_) => txn.into_parts(),
+            Err(_) => Default::default(),
+        };
         let revision = if changed { applied.revision + 1 } else { applied.revision };
         assert!(revision >= applied.revision, "revision went backwards");
         if changed {
@@ -362,6 +373,9 @@ impl KvStore {
         let revisions =
             (changed || compacted.is_some()).then(|| (revision, compacted.unwrap_or(applied.compact_revision)));
         self.commit(batch, revisions)?;
+        for (key, record) in keys {
+            applied.keys.set(key, record.as_ref());
+        }
         if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -392,7 +406,7 @@ impl KvStore {
     pub fn apply_puts(&self, puts: &[Command], meta: &[(&[u8], Vec<u8>)]) -> Result<Vec<ApplyOutcome>, rocksdb::Error> {
         let mut applied = self.applied.lock().expect("applier lock");
         let snap = self.db.snapshot();
-        let mut txn = WriteTxn::new(&self.db, &snap, applied.revision, applied.compact_revision);
+        let mut txn = WriteTxn::new(&self.db, &snap, &applied.keys, applied.revision, applied.compact_revision);
         let mut revision = applied.revision;
         let mut committed = Vec::new();
         let mut outcomes = Vec::with_capacity(puts.len());
@@ -406,13 +420,16 @@ impl KvStore {
             }
             outcomes.push(ApplyOutcome { revision, result: result.map(CommandResponse::Put) });
         }
-        let (mut batch, _) = txn.into_parts();
+        let (mut batch, _, keys) = txn.into_parts();
         if revision != applied.revision {
             batch.put_cf(schema::cf(&self.db, CF_META), meta_keys::REVISION, revision.to_be_bytes());
         }
         self.add_meta(&mut batch, meta);
         drop(snap);
         self.commit(batch, (revision != applied.revision).then_some((revision, applied.compact_revision)))?;
+        for (key, record) in keys {
+            applied.keys.set(key, record.as_ref());
+        }
         applied.revision = revision;
         for changes in committed {
             // Under the applier lock, in order, as in `apply`.
@@ -452,7 +469,7 @@ impl KvStore {
     pub fn import(&self, input: &mut impl Read) -> io::Result<()> {
         let gate = self.gate.write();
         // Hold the applier lock so that no apply interleaves with the replacement.
-        let applied = self.applied.lock().expect("applier lock");
+        let mut applied = self.applied.lock().expect("applier lock");
         let mut magic = [0u8; SNAPSHOT_MAGIC.len()];
         input.read_exact(&mut magic)?;
         if magic != *SNAPSHOT_MAGIC {
@@ -461,6 +478,9 @@ impl KvStore {
         // Unpublished until `reload` has read the imported revisions (and for good,
         // so that views read them from disk, if the import fails half-way).
         self.published.begin_write();
+        // The tables are about to change under the cache: from here on, every put
+        // reads RocksDB until `reload` (which clears it again) is done.
+        applied.keys.clear();
         let mut batch = WriteBatch::default();
         for name in STATE_MACHINE_CFS {
             let cf = schema::cf(&self.db, name);
@@ -632,6 +652,126 @@ mod tests {
         }
         assert_eq!(feed(&mut feed2), feed(&mut feed1), "the same revisions announced, in order");
         assert_eq!(together.read_view().meta(meta_keys::APPLIED), Some(b"x".to_vec()), "meta written with the run");
+    }
+
+    /// One step of [`puts_served_from_the_live_key_cache_match_puts_read_from_rocksdb`].
+    #[derive(Clone, Debug)]
+    enum Step {
+        Put { key: u8, lease: bool, ignore_value: bool, ignore_lease: bool, prev_kv: bool },
+        Delete { key: u8 },
+        TxnPuts { first: u8, second: u8 },
+        Grant,
+        Revoke,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        let key = 0u8..4;
+        prop_oneof![
+            6 => (key.clone(), any::<bool>(), prop::bool::weighted(0.2), prop::bool::weighted(0.2), any::<bool>())
+                .prop_map(|(key, lease, ignore_value, ignore_lease, prev_kv)| Step::Put {
+                    key, lease, ignore_value, ignore_lease, prev_kv
+                }),
+            1 => key.clone().prop_map(|key| Step::Delete { key }),
+            1 => (key.clone(), key).prop_map(|(first, second)| Step::TxnPuts { first, second }),
+            1 => Just(Step::Grant),
+            1 => Just(Step::Revoke),
+        ]
+    }
+
+    fn command(step: &Step, n: usize) -> Command {
+        let key = |k: &u8| format!("k{k}").into_bytes();
+        let value = format!("v{n}").into_bytes();
+        match step {
+            Step::Put { key: k, lease, ignore_value, ignore_lease, prev_kv } => Command::Put(PutRequest {
+                key: key(k),
+                value: if *ignore_value { Vec::new() } else { value },
+                lease: if *lease { 1 } else { 0 },
+                ignore_value: *ignore_value,
+                ignore_lease: *ignore_lease,
+                prev_kv: *prev_kv,
+            }),
+            Step::Delete { key: k } => {
+                Command::DeleteRange(DeleteRangeRequest { key: key(k), range_end: Vec::new(), prev_kv: false })
+            }
+            Step::TxnPuts { first, second } => Command::Txn(TxnRequest {
+                compare: vec![],
+                success: [first, second]
+                    .iter()
+                    .map(|k| RequestOp::Put(PutRequest { key: key(k), value: value.clone(), ..Default::default() }))
+                    .collect(),
+                failure: vec![],
+            }),
+            Step::Grant => Command::LeaseGrant { id: 1, ttl_seconds: 60 },
+            Step::Revoke => Command::LeaseRevoke { id: 1 },
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A store whose cache holds two keys (so that keys are evicted and read back)
+        /// and applies runs of puts together, against one that caches nothing and
+        /// applies one command at a time: same outcomes, data, leases and change feed;
+        /// and every previous version the feed left out is the one history holds.
+        #[test]
+        fn puts_served_from_the_live_key_cache_match_puts_read_from_rocksdb(
+            steps in proptest::collection::vec(step(), 1..60)
+        ) {
+            let open = |keys| {
+                let dir = tempfile::tempdir().unwrap();
+                let store = KvStore::open_with_key_cache(schema::open_db(dir.path()).unwrap(), keys);
+                (dir, store)
+            };
+            let (_d1, cached) = open(LiveKeys::with_capacity(2 * (2 + 128)));
+            let (_d2, uncached) = open(LiveKeys::with_capacity(0));
+            let (mut feed1, mut feed2) = (cached.subscribe(), uncached.subscribe());
+            let commands: Vec<Command> = steps.iter().enumerate().map(|(n, s)| command(s, n)).collect();
+            let expected: Vec<ApplyOutcome> = commands.iter().map(|c| uncached.apply(c, &[]).unwrap()).collect();
+            let mut got = Vec::new();
+            for run in commands.chunk_by(|a, b| matches!((a, b), (Command::Put(_), Command::Put(_)))) {
+                if run.len() > 1 {
+                    got.extend(cached.apply_puts(run, &[]).unwrap());
+                } else {
+                    got.push(cached.apply(&run[0], &[]).unwrap());
+                }
+            }
+            proptest::prop_assert_eq!(&got, &expected);
+            proptest::prop_assert_eq!(cached.read_view().hash_kv(0).unwrap(), uncached.read_view().hash_kv(0).unwrap());
+            proptest::prop_assert_eq!(cached.read_view().lease_keys(1), uncached.read_view().lease_keys(1));
+            let announced = feed(&mut feed1);
+            proptest::prop_assert_eq!(&announced, &feed(&mut feed2));
+            let view = cached.read_view();
+            let stored = view.history(0, usize::MAX).unwrap();
+            for (live, from_history) in announced.iter().zip(&stored) {
+                for (event, full) in live.events.iter().zip(&from_history.events) {
+                    if event.prev_elided() {
+                        proptest::prop_assert_eq!(view.version_before(&event.kv.key, live.revision), full.prev_kv.clone());
+                        proptest::prop_assert!(full.prev_kv.is_some(), "an elided previous version exists");
+                    } else {
+                        proptest::prop_assert_eq!(event, full);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_installed_snapshot_replaces_what_the_live_key_cache_knows() {
+        let (_d1, s) = store();
+        for value in ["1", "2", "3"] {
+            put(&s, "k", value); // cached at version 3
+        }
+        let (_d2, other) = store();
+        put(&other, "x", "1");
+        let created = put(&other, "k", "only");
+        let mut exported = Vec::new();
+        other.export(&mut exported, &[]).unwrap();
+        s.import(&mut exported.as_slice()).unwrap();
+
+        put(&s, "k", "after");
+        let kv = s.read_view().range(&RangeRequest { key: "k".into(), ..Default::default() }).unwrap().kvs.remove(0);
+        assert_eq!((kv.version, kv.create_revision), (2, created), "the installed key's next version");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ mod hash;
 mod history;
 mod kvstore;
 mod lease_table;
+mod live_keys;
 mod range;
 mod request;
 mod txn_check;

@@ -312,7 +312,20 @@ pub enum EventKind {
 pub struct Event {
     pub kind: EventKind,
     pub kv: KeyValue,
+    /// The version this change replaced. The change feed leaves it out of a put that
+    /// did not need to read it ([`Event::prev_elided`]); events read from history
+    /// always carry it while it is stored.
     pub prev_kv: Option<KeyValue>,
+}
+
+impl Event {
+    /// Whether the previous version was left out rather than absent: a put of a key
+    /// that already existed (version above 1), without it. It is stored in history
+    /// as the key's version at the revision before this one (etcd's watch also reads
+    /// it from there), unless compacted.
+    pub fn prev_elided(&self) -> bool {
+        self.kind == EventKind::Put && self.kv.version > 1 && self.prev_kv.is_none()
+    }
 }
 
 /// Every change made at one revision, in the order it was made.

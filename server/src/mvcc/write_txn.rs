@@ -5,6 +5,7 @@
 use rocksdb::{SnapshotWithThreadMode, WriteBatch, DB};
 
 use super::lease_table::{self, LeaseRecord};
+use super::live_keys::{KeyMeta, LiveKeys};
 use super::range::{encode, execute_range, KvRecord, Overlay, RangeEnd, Source};
 use super::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, DeleteRangeResponse, Event, EventKind, KeyValue,
@@ -18,6 +19,9 @@ use crate::schema::{self, meta_keys, CF_EVENTS, CF_HISTORY, CF_KV, CF_LEASES, CF
 pub(crate) struct WriteTxn<'a> {
     db: &'a DB,
     snap: &'a SnapshotWithThreadMode<'a, DB>,
+    /// The committed state's recently written keys (the snapshot's, as the applier
+    /// lock is held from the snapshot to the commit).
+    keys: &'a LiveKeys,
     begin: Revision,
     compact_revision: Revision,
     /// Changes so far; also the sub-revision counter (`changes.len()` can be lower
@@ -33,12 +37,14 @@ impl<'a> WriteTxn<'a> {
     pub fn new(
         db: &'a DB,
         snap: &'a SnapshotWithThreadMode<'a, DB>,
+        keys: &'a LiveKeys,
         begin: Revision,
         compact_revision: Revision,
     ) -> Self {
         WriteTxn {
             db,
             snap,
+            keys,
             begin,
             compact_revision,
             overlay: Overlay::new(),
@@ -65,10 +71,11 @@ impl<'a> WriteTxn<'a> {
         Some((self.begin, std::mem::take(&mut self.events)))
     }
 
-    /// The batch holding every change, to commit with the store's metadata, and the
-    /// changes as events.
-    pub fn into_parts(self) -> (WriteBatch, Vec<Event>) {
-        (self.batch, self.events)
+    /// The batch holding every change, to commit with the store's metadata; the
+    /// changes as events; and each changed key's new record (`None`: deleted), for
+    /// the cache of live keys once the batch is committed.
+    pub fn into_parts(self) -> (WriteBatch, Vec<Event>, Overlay) {
+        (self.batch, self.events, self.overlay)
     }
 
     fn write_revision(&self) -> Revision {
@@ -105,30 +112,49 @@ impl<'a> WriteTxn<'a> {
         self.overlay.insert(key.to_vec(), record);
     }
 
+    /// The create revision, version and lease of `key`'s live version, if any: from
+    /// this write's own changes, else the cache of live keys, else RocksDB.
+    fn current_meta(&self, key: &[u8]) -> Option<KeyMeta> {
+        if let Some(change) = self.overlay.get(key) {
+            return change.as_ref().map(KvRecord::meta);
+        }
+        if let Some(meta) = self.keys.get(key) {
+            return Some(meta);
+        }
+        self.source().get_current(key).map(|r| r.meta())
+    }
+
+    /// A put reads the version it replaces in full only if it needs its value (to
+    /// keep it, or to answer it). Otherwise its event carries no previous version
+    /// and a watcher that wants it reads it from history (see [`Event::prev_elided`]).
     pub fn put(&mut self, req: &PutRequest) -> Result<PutResponse, MvccError> {
         self.check_lease(req.lease)?;
-        let prev = self.source().get_current(&req.key);
+        let (prev, prev_kv) = if req.ignore_value || req.prev_kv {
+            let full = self.source().get_current(&req.key);
+            (full.as_ref().map(KvRecord::meta), full.map(|r| r.to_key_value(&req.key)))
+        } else {
+            (self.current_meta(&req.key), None)
+        };
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
         }
         let rev = self.write_revision();
         let record = KvRecord {
-            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            create_revision: prev.map_or(rev, |p| p.create_revision),
             mod_revision: rev,
-            version: prev.as_ref().map_or(1, |p| p.version + 1),
-            lease: match (&prev, req.ignore_lease) {
+            version: prev.map_or(1, |p| p.version + 1),
+            lease: match (prev, req.ignore_lease) {
                 (Some(p), true) => p.lease,
                 _ => req.lease,
             },
-            value: match (&prev, req.ignore_value) {
+            value: match (&prev_kv, req.ignore_value) {
                 (Some(p), true) => p.value.clone(),
                 _ => req.value.clone(),
             },
         };
-        self.move_attachment(&req.key, prev.as_ref().map_or(0, |p| p.lease), record.lease);
-        let prev = prev.map(|p| p.to_key_value(&req.key));
-        self.record(&req.key, Some(record), prev.clone());
-        let prev_kv = if req.prev_kv { prev } else { None };
+        self.move_attachment(&req.key, prev.map_or(0, |p| p.lease), record.lease);
+        self.record(&req.key, Some(record), prev_kv.clone());
+        let prev_kv = if req.prev_kv { prev_kv } else { None };
         Ok(PutResponse { prev_kv })
     }
 

@@ -375,9 +375,16 @@ impl WatchHub {
         for event in &rev.events {
             hits.clear();
             state.index.matching(&event.kv.key, &mut hits);
+            // Read from history at most once per event, and only if a watcher wants it.
+            let mut with_prev = None;
             for key in &hits {
                 let w = &state.watchers[key];
                 if w.next <= rev.revision && w.wants(event) {
+                    let shaped = if w.prev_kv && event.prev_elided() {
+                        with_prev.get_or_insert_with(|| self.with_stored_prev(event)).clone()
+                    } else {
+                        w.shape(event)
+                    };
                     per_watcher
                         .entry(*key)
                         .or_insert_with(|| WatchEvents {
@@ -386,7 +393,7 @@ impl WatchHub {
                             fragment: w.fragment,
                         })
                         .events
-                        .push(w.shape(event));
+                        .push(shaped);
                 }
             }
         }
@@ -497,6 +504,13 @@ impl WatchHub {
 
     /// Sends `key` what it needs of `history`, if it is still the watcher that
     /// needed revision `next` (not cancelled and recreated under the same ID).
+    /// `event` with the previous version the change feed left out, read from history
+    /// (left out still if compaction removed it, as etcd does).
+    fn with_stored_prev(&self, event: &Event) -> Event {
+        let prev_kv = self.store.read_view().version_before(&event.kv.key, event.kv.mod_revision);
+        Event { prev_kv, ..event.clone() }
+    }
+
     fn bring_forward(
         &self,
         state: &mut HubState,
@@ -655,5 +669,32 @@ mod tests {
         assert_eq!(got.len(), watches);
         assert!(got.iter().all(|w| w.events.len() == 1 && w.events[0].kv.key == b"/p/k"));
         assert_eq!(hub.stats().2, 0, "no watch fell back to catching up from history");
+    }
+
+    #[tokio::test]
+    async fn a_prev_kv_watcher_gets_the_previous_version_the_change_feed_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KvStore::open(crate::schema::open_db(&dir.path().join("db")).unwrap());
+        let hub = WatchHub::start(store.clone(), Duration::from_secs(600));
+        let put = |value: &str| {
+            let cmd = Command::Put(PutRequest { key: b"/p/k".to_vec(), value: value.into(), ..Default::default() });
+            store.apply(&cmd, &[]).unwrap().revision
+        };
+        put("first");
+        let (guard, mut rx) = hub.open_stream();
+        let rev = store.status().revision;
+        for prev_kv in [true, false] {
+            hub.create(guard.id, WatchSpec { prev_kv, ..prefix_watch(rev + 1) }, rev).await.unwrap();
+            assert!(matches!(rx.recv().await, Some(StreamMessage::Created { .. })));
+        }
+        let second = put("second");
+        let msg = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        let StreamMessage::Revision { revision, watches } = msg else { panic!("one message per revision: {msg:?}") };
+        assert_eq!((revision, watches.len()), (second, 2));
+        let prevs: Vec<Option<Vec<u8>>> =
+            watches.iter().map(|w| w.events[0].prev_kv.as_ref().map(|p| p.value.clone())).collect();
+        // Watch IDs are assigned in order: the prev_kv watcher is the first.
+        assert_eq!(prevs, vec![Some(b"first".to_vec()), None]);
+        assert_eq!(watches[0].events[0].prev_kv.as_ref().unwrap().version, 1);
     }
 }
