@@ -29,6 +29,9 @@ pub(crate) struct WriteTxn<'a> {
     overlay: Overlay,
     sub: i64,
     batch: WriteBatch,
+    /// Past versions written so far (history key, encoded record), added to `batch`
+    /// in key order at the end (see [`WriteTxn::into_parts`]).
+    history: Vec<(Vec<u8>, Vec<u8>)>,
     /// The changes, for watchers.
     events: Vec<Event>,
 }
@@ -50,6 +53,7 @@ impl<'a> WriteTxn<'a> {
             overlay: Overlay::new(),
             sub: 0,
             batch: WriteBatch::default(),
+            history: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -74,7 +78,25 @@ impl<'a> WriteTxn<'a> {
     /// The batch holding every change, to commit with the store's metadata; the
     /// changes as events; and each changed key's new record (`None`: deleted), for
     /// the cache of live keys once the batch is committed.
-    pub fn into_parts(self) -> (WriteBatch, Vec<Event>, Overlay) {
+    ///
+    /// The key-ordered tables get their records in key order, each key once in the
+    /// table of current records (its last change: the overlay): RocksDB inserts
+    /// each into a memtable skip list, and an insert next to the previous one reuses
+    /// most of its search. In write order, the keys of a batch are scattered over
+    /// the key space, and each insert searched from the top.
+    pub fn into_parts(mut self) -> (WriteBatch, Vec<Event>, Overlay) {
+        let kv = schema::cf(self.db, CF_KV);
+        for (key, change) in &self.overlay {
+            match change {
+                Some(r) => self.batch.put_cf(kv, key, encode(r)),
+                None => self.batch.delete_cf(kv, key),
+            }
+        }
+        let history = schema::cf(self.db, CF_HISTORY);
+        self.history.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (key, record) in &self.history {
+            self.batch.put_cf(history, key, record);
+        }
         (self.batch, self.events, self.overlay)
     }
 
@@ -101,12 +123,7 @@ impl<'a> WriteTxn<'a> {
             Some(r) => Event { kind: EventKind::Put, kv: r.to_key_value(key), prev_kv: prev },
             None => Event { kind: EventKind::Delete, kv: tombstone(key, rev), prev_kv: prev },
         });
-        let kv = schema::cf(self.db, CF_KV);
-        match &record {
-            Some(r) => self.batch.put_cf(kv, key, encode(r)),
-            None => self.batch.delete_cf(kv, key),
-        }
-        self.batch.put_cf(schema::cf(self.db, CF_HISTORY), schema::history_key(key, rev), encode(&record));
+        self.history.push((schema::history_key(key, rev), encode(&record)));
         self.batch.put_cf(schema::cf(self.db, CF_EVENTS), schema::event_key(rev, self.sub), key);
         self.sub += 1;
         self.overlay.insert(key.to_vec(), record);
