@@ -502,8 +502,6 @@ impl WatchHub {
         !state.unsynced.is_empty()
     }
 
-    /// Sends `key` what it needs of `history`, if it is still the watcher that
-    /// needed revision `next` (not cancelled and recreated under the same ID).
     /// `event` with the previous version the change feed left out, read from history
     /// (left out still if compaction removed it, as etcd does).
     fn with_stored_prev(&self, event: &Event) -> Event {
@@ -511,6 +509,8 @@ impl WatchHub {
         Event { prev_kv, ..event.clone() }
     }
 
+    /// Sends `key` what it needs of `history`, if it is still the watcher that
+    /// needed revision `next` (not cancelled and recreated under the same ID).
     fn bring_forward(
         &self,
         state: &mut HubState,
