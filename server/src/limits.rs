@@ -151,8 +151,8 @@ pub const LEASE_READ_ELECTION_FRACTION_PERCENT: u64 = 70;
 
 /// Most memory the applier's cache of recently written live keys takes (their create
 /// revision, version and lease, so that a put need not read them from RocksDB).
-/// About 400k keys of 32 bytes; a key beyond it is read from RocksDB.
-pub const LIVE_KEY_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// About 150k keys of 32 bytes; a key beyond it is read from RocksDB.
+pub const LIVE_KEY_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// Revisions the store's change feed holds for a subscriber that has not read them
 /// yet; one that falls further behind catches up from stored history instead.

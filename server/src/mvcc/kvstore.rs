@@ -569,6 +569,7 @@ pub fn decode_meta<T: for<'de> serde::Deserialize<'de>>(bytes: &[u8]) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mvcc::live_keys::ENTRY_OVERHEAD_BYTES;
     use crate::mvcc::{DeleteRangeRequest, PutRequest, RequestOp, TxnRequest};
 
     fn store() -> (tempfile::TempDir, Arc<KvStore>) {
@@ -723,7 +724,7 @@ mod tests {
                 let store = KvStore::open_with_key_cache(schema::open_db(dir.path()).unwrap(), keys);
                 (dir, store)
             };
-            let (_d1, cached) = open(LiveKeys::with_capacity(2 * (2 + 128)));
+            let (_d1, cached) = open(LiveKeys::with_capacity(2 * (2 + ENTRY_OVERHEAD_BYTES)));
             let (_d2, uncached) = open(LiveKeys::with_capacity(0));
             let (mut feed1, mut feed2) = (cached.subscribe(), uncached.subscribe());
             let commands: Vec<Command> = steps.iter().enumerate().map(|(n, s)| command(s, n)).collect();

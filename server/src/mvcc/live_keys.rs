@@ -22,8 +22,10 @@ use super::Revision;
 use crate::limits::LIVE_KEY_CACHE_BYTES_MAX;
 
 /// Bytes one cached key costs besides the key itself: the LRU node (key and
-/// metadata, two links), the hash table slot and the allocator's headers.
-const ENTRY_OVERHEAD_BYTES: usize = 128;
+/// metadata, two links), the hash table slot, the allocator's headers and the
+/// allocator's slack. Measured: a member's RSS after 600k puts of new 32-byte keys
+/// grew by 220 bytes per cached key.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 192;
 
 /// What a put reads of the version it replaces.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
