@@ -1,6 +1,8 @@
 //! Reading past changes in revision order, for watchers that start in the past or
 //! fell behind the change feed.
 
+use rocksdb::{DBRawIteratorWithThreadMode, DB};
+
 use super::range::{decode, KvRecord};
 use super::write_txn::tombstone;
 use super::{Event, EventKind, KeyValue, MvccError, ReadView, Revision, RevisionEvents};
@@ -46,12 +48,7 @@ impl ReadView<'_> {
     pub fn version_before(&self, key: &[u8], rev: Revision) -> Option<KeyValue> {
         let mut it = self.snap.raw_iterator_cf(schema::cf(self.db, CF_HISTORY));
         it.seek(schema::history_key(key, rev - 1));
-        let (found, _) = it.key().map(schema::decode_history_key)?;
-        if found != key {
-            return None;
-        }
-        let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
-        record.map(|r| r.to_key_value(key))
+        live_version_here(&it, key)
     }
 
     /// The change to `key` at `rev`, with the version before it.
@@ -62,16 +59,21 @@ impl ReadView<'_> {
         assert_eq!(found, Some((key.to_vec(), rev)), "event at revision {rev} has no history record");
         let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
         it.next();
-        let prev = match it.key().map(schema::decode_history_key) {
-            Some((k, _)) if k == key => {
-                let older: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
-                older.map(|r| r.to_key_value(key))
-            }
-            _ => None,
-        };
+        let prev = live_version_here(&it, key);
         match record {
             Some(r) => Event { kind: EventKind::Put, kv: r.to_key_value(key), prev_kv: prev },
             None => Event { kind: EventKind::Delete, kv: tombstone(key, rev), prev_kv: prev },
         }
     }
+}
+
+/// The history record under `it`, if it is a live version of `key` (not another
+/// key's, not a tombstone).
+fn live_version_here(it: &DBRawIteratorWithThreadMode<'_, DB>, key: &[u8]) -> Option<KeyValue> {
+    let (found, _) = it.key().map(schema::decode_history_key)?;
+    if found != key {
+        return None;
+    }
+    let record: Option<KvRecord> = decode(it.value().expect("valid"), "history record");
+    record.map(|r| r.to_key_value(key))
 }

@@ -373,9 +373,7 @@ impl KvStore {
         let revisions =
             (changed || compacted.is_some()).then(|| (revision, compacted.unwrap_or(applied.compact_revision)));
         self.commit(batch, revisions)?;
-        for (key, record) in keys {
-            applied.keys.set(key, record.as_ref());
-        }
+        applied.keys.set_all(keys);
         if result.is_ok() && matches!(cmd, Command::LeaseGrant { .. } | Command::LeaseRevoke { .. }) {
             self.lease_generation.fetch_add(1, Ordering::SeqCst);
         }
@@ -427,9 +425,7 @@ impl KvStore {
         self.add_meta(&mut batch, meta);
         drop(snap);
         self.commit(batch, (revision != applied.revision).then_some((revision, applied.compact_revision)))?;
-        for (key, record) in keys {
-            applied.keys.set(key, record.as_ref());
-        }
+        applied.keys.set_all(keys);
         applied.revision = revision;
         for changes in committed {
             // Under the applier lock, in order, as in `apply`.

@@ -17,7 +17,7 @@
 
 use lru::LruCache;
 
-use super::range::KvRecord;
+use super::range::{KvRecord, Overlay};
 use super::Revision;
 use crate::limits::LIVE_KEY_CACHE_BYTES_MAX;
 
@@ -85,6 +85,13 @@ impl LiveKeys {
         while self.bytes > self.bytes_max {
             let (evicted, _) = self.lru.pop_lru().expect("a cache over its size holds a key");
             self.bytes -= self::cost(&evicted);
+        }
+    }
+
+    /// Records every change of a committed write (its overlay).
+    pub fn set_all(&mut self, changes: Overlay) {
+        for (key, record) in changes {
+            self.set(key, record.as_ref());
         }
     }
 
