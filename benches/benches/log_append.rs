@@ -28,7 +28,8 @@ fn entry(index: u64) -> Entry {
 fn bench_append(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = LogStore::open(schema::open_db(&dir.path().join("db")).expect("open RocksDB"));
+    let store =
+        LogStore::open(schema::open_db(&dir.path().join("db")).expect("open RocksDB"), 1).expect("open the log");
     let mut next = 1u64;
     let mut group = c.benchmark_group("log_append");
     // One append of `batch` entries, waited for until durable (one fsync each).

@@ -1,18 +1,42 @@
 //! The Raft log in RocksDB, with group commit: appends are written at once (so they
-//! are readable) and acknowledged to openraft only after an fsync, and one fsync
-//! covers every append that queued up while the previous one ran.
+//! are readable) and one fsync covers every append that queued up while the previous
+//! one ran.
+//!
+//! # When an append is acknowledged
+//!
+//! openraft 0.9 waits for each append's acknowledgment before it goes on to its next
+//! command, replication included. A follower's append is acknowledged after its fsync,
+//! as Raft requires: its reply to the leader says the entries are durable. If the
+//! leader's own appends waited for their fsync too, its disk write and the followers'
+//! would run one after the other, and every commit would pay for two fsyncs in a row.
+//!
+//! So a leader's append of entries it created itself is acknowledged as soon as it is
+//! written, and replication starts while its fsync runs, as etcd's leader sends its
+//! entries before it writes them to its own WAL. openraft then counts the leader in
+//! the quorum before its copy is durable; two gates keep that from being seen before
+//! it is:
+//!
+//! - the state machine applies an entry only once it is durable here
+//!   ([`StateMachine::gated_by`](super::StateMachine::gated_by)), so no client hears of
+//!   a write (and no read or watch sees it) before a quorum has it on disk;
+//! - the commit index sent to followers never passes what is durable here
+//!   ([`LogSynced`], used by the peer network), so that a follower does not apply an
+//!   entry whose only durable copies could be its own and one other.
+//!
+//! A member knows that it is the leader of a term from the vote it saved: a committed
+//! vote for itself. Until it saves another vote, every append it does is its own.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{StorageIOError, Vote};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::{Entry, LogId, NodeId, StorageError, TypeConfig};
 use crate::background::Worker;
@@ -22,43 +46,130 @@ use crate::schema::{self, raft_state_keys, CF_RAFT_LOG, CF_RAFT_STATE};
 /// Called once the appended entries are durable (or the sync failed).
 type FlushDone = Box<dyn FnOnce(io::Result<()>) + Send>;
 
+/// One append waiting for the group commit's next fsync.
+struct PendingSync {
+    /// Index of the append's last entry (0 for a barrier with no entries).
+    last_index: u64,
+    /// What to call once it is durable; `None` if it was acknowledged already.
+    done: Option<FlushDone>,
+}
+
+/// How much of this member's log is durable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durable {
+    /// Every entry up to this index is covered by a completed fsync.
+    Upto(u64),
+    /// An fsync failed: nothing written since is known to be durable, and nothing
+    /// will become so.
+    Failed,
+}
+
+/// Follows how much of the log is durable (see the module documentation).
+#[derive(Clone)]
+pub struct LogSynced(watch::Receiver<Durable>);
+
+impl LogSynced {
+    /// A follower of the durable index set by the returned sender, for tests of
+    /// what waits on it.
+    #[cfg(test)]
+    pub(crate) fn channel(durable: Durable) -> (watch::Sender<Durable>, LogSynced) {
+        let (tx, rx) = watch::channel(durable);
+        (tx, LogSynced(rx))
+    }
+
+    /// How much of the log is durable now.
+    pub fn now(&self) -> Durable {
+        *self.0.borrow()
+    }
+
+    /// Waits until every entry up to `index` is durable. Returns `false` if that will
+    /// not happen: an fsync failed, or the log store is gone.
+    pub async fn durable(&mut self, index: u64) -> bool {
+        let reached = self.0.wait_for(|d| match d {
+            Durable::Upto(upto) => *upto >= index,
+            Durable::Failed => true,
+        });
+        reached.await.is_ok_and(|d| matches!(*d, Durable::Upto(_)))
+    }
+}
+
 /// The log store; cheap to clone (a clone is also its log reader). The group-commit
 /// thread stops and is joined when the last clone is dropped.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: Arc<Worker<mpsc::Sender<FlushDone>>>,
+    id: NodeId,
+    syncer: Arc<Worker<mpsc::Sender<PendingSync>>>,
+    synced: Arc<watch::Sender<Durable>>,
+    /// The leader ID under which this member leads, while the last vote it saved is
+    /// its own committed vote.
+    leading: Arc<Mutex<Option<openraft::LeaderId<NodeId>>>>,
 }
 
 impl LogStore {
-    pub fn open(db: Arc<DB>) -> Self {
-        let (flushes, mut rx) = mpsc::channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+    /// Opens the log of member `id` in `db`, after an fsync of everything written to
+    /// it before (a restart after a crash may have recovered unsynced writes).
+    pub fn open(db: Arc<DB>, id: NodeId) -> Result<Self, rocksdb::Error> {
+        db.flush_wal(true)?;
         let syncer_db = db.clone();
-        let syncer =
-            Worker::spawn("cairn-log-sync", flushes, move || group_commit(&mut rx, || syncer_db.flush_wal(true)));
-        LogStore { db, syncer: Arc::new(syncer) }
+        Self::with_sync(db, id, move || syncer_db.flush_wal(true))
+    }
+
+    /// A log store whose group commit makes the log durable with `sync`.
+    fn with_sync<E: std::fmt::Display>(
+        db: Arc<DB>,
+        id: NodeId,
+        sync: impl FnMut() -> Result<(), E> + Send + 'static,
+    ) -> Result<Self, rocksdb::Error> {
+        let last = last_entry_log_id(&db)?;
+        let synced = Arc::new(watch::channel(Durable::Upto(last.map_or(0, |l| l.index))).0);
+        let (pending, mut rx) = mpsc::channel::<PendingSync>(LOG_FLUSH_BATCH_MAX);
+        let syncer_synced = synced.clone();
+        let syncer = Worker::spawn("cairn-log-sync", pending, move || group_commit(&mut rx, sync, &syncer_synced));
+        Ok(LogStore { db, id, syncer: Arc::new(syncer), synced, leading: Arc::default() })
+    }
+
+    /// Follows how much of the log is durable.
+    pub fn synced(&self) -> LogSynced {
+        LogSynced(self.synced.subscribe())
     }
 
     /// What [`RaftLogStorage::append`] does, with any completion callback: writes
-    /// `entries` at once and calls `done` when they are durable (group commit).
-    /// Public for the micro-benchmarks, which cannot build openraft's callback.
+    /// `entries` at once and calls `done` when openraft may count them as this
+    /// member's: after the group commit's fsync, or at once if this member leads and
+    /// created them (see the module documentation). Public for the micro-benchmarks,
+    /// which cannot build openraft's callback.
     pub async fn append_then(
         &self,
         entries: impl IntoIterator<Item = Entry>,
         done: impl FnOnce(io::Result<()>) + Send + 'static,
     ) -> Result<(), StorageError> {
+        let leading = *self.leading.lock().expect("leading lock");
         let cf = schema::cf(&self.db, CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
+        let (mut last_index, mut own) = (0, leading.is_some());
         for entry in entries {
+            own &= Some(entry.log_id.leader_id) == leading;
+            last_index = entry.log_id.index;
             batch.put_cf(cf, schema::log_key(entry.log_id.index), encode(&entry));
         }
-        // Written now so that readers see the entries; durable once the group
-        // committer has synced the WAL, which is when openraft hears of it.
+        // Written now so that readers see the entries (replication reads them).
         self.write(batch, false).map_err(write_err)?;
-        // Waits (without blocking a runtime thread) only if the queue is full.
+        let done: Option<FlushDone> = if own {
+            done(Ok(()));
+            None
+        } else {
+            Some(Box::new(done))
+        };
+        self.queue_sync(PendingSync { last_index, done }).await
+    }
+
+    /// Hands `pending` to the group committer. Waits (without blocking a runtime
+    /// thread) only if its queue is full.
+    async fn queue_sync(&self, pending: PendingSync) -> Result<(), StorageError> {
         self.syncer
             .sender()
-            .send(Box::new(done))
+            .send(pending)
             .await
             .map_err(|_| StorageIOError::write_logs(&io::Error::other("log sync thread stopped")).into())
     }
@@ -82,18 +193,23 @@ impl LogStore {
         batch.put_cf(schema::cf(&self.db, CF_RAFT_STATE), key, encode(value));
         self.write(batch, sync)
     }
-
-    fn last_entry_log_id(&self) -> Result<Option<LogId>, rocksdb::Error> {
-        let mut it = self.db.raw_iterator_cf(schema::cf(&self.db, CF_RAFT_LOG));
-        it.seek_to_last();
-        it.status()?;
-        Ok(it.value().map(|v| decode_entry(v).log_id))
-    }
 }
 
-/// Takes every append queued so far, syncs once for all of them, and acknowledges
-/// them; repeats until the store is dropped.
-fn group_commit<E: std::fmt::Display>(rx: &mut mpsc::Receiver<FlushDone>, mut sync: impl FnMut() -> Result<(), E>) {
+fn last_entry_log_id(db: &DB) -> Result<Option<LogId>, rocksdb::Error> {
+    let mut it = db.raw_iterator_cf(schema::cf(db, CF_RAFT_LOG));
+    it.seek_to_last();
+    it.status()?;
+    Ok(it.value().map(|v| decode_entry(v).log_id))
+}
+
+/// Takes every append queued so far, syncs once for all of them, records in `synced`
+/// how far the log is durable, and acknowledges those not acknowledged yet; repeats
+/// until the store is dropped.
+fn group_commit<E: std::fmt::Display>(
+    rx: &mut mpsc::Receiver<PendingSync>,
+    mut sync: impl FnMut() -> Result<(), E>,
+    synced: &watch::Sender<Durable>,
+) {
     let mut pending = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         pending.push(first);
@@ -104,10 +220,23 @@ fn group_commit<E: std::fmt::Display>(rx: &mut mpsc::Receiver<FlushDone>, mut sy
             }
         }
         let result = crate::observability::wal_fsync(&mut sync);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "fsync of the raft log failed");
+        match &result {
+            Ok(()) => {
+                let upto = pending.iter().map(|p| p.last_index).max().unwrap_or(0);
+                synced.send_if_modified(|d| match d {
+                    Durable::Upto(i) if *i < upto => {
+                        *i = upto;
+                        true
+                    }
+                    _ => false,
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "fsync of the raft log failed");
+                synced.send_replace(Durable::Failed);
+            }
         }
-        for done in pending.drain(..) {
+        for done in pending.drain(..).filter_map(|p| p.done) {
             done(result.as_ref().map(|_| ()).map_err(|e| io::Error::other(e.to_string())));
         }
     }
@@ -162,7 +291,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id: Option<LogId> = self.get_state(raft_state_keys::LAST_PURGED).map_err(read_err)?;
-        let last_log_id = self.last_entry_log_id().map_err(read_err)?.or(last_purged_log_id);
+        let last_log_id = last_entry_log_id(&self.db).map_err(read_err)?.or(last_purged_log_id);
         Ok(LogState { last_purged_log_id, last_log_id })
     }
 
@@ -171,7 +300,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        self.put_state(raft_state_keys::VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&e).into())
+        self.put_state(raft_state_keys::VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&e))?;
+        let own = vote.is_committed() && vote.leader_id().node_id == self.id;
+        *self.leading.lock().expect("leading lock") = own.then_some(*vote.leader_id());
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
@@ -196,6 +328,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Appends still waiting for an fsync must not raise the durable index past the
+        // cut once they finish: wait for them first.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queue_sync(PendingSync { last_index: 0, done: Some(Box::new(move |r| drop(tx.send(r)))) }).await?;
+        rx.await
+            .map_err(|_| io::Error::other("log sync thread stopped"))
+            .and_then(|r| r)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(
             schema::cf(&self.db, CF_RAFT_LOG),
@@ -203,7 +343,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             schema::log_key(u64::MAX),
         );
         batch.delete_cf(schema::cf(&self.db, CF_RAFT_LOG), schema::log_key(u64::MAX));
-        self.write(batch, true).map_err(write_err)
+        self.write(batch, true).map_err(write_err)?;
+        self.synced.send_if_modified(|d| match d {
+            Durable::Upto(i) if *i >= log_id.index => {
+                *i = log_id.index.saturating_sub(1);
+                true
+            }
+            _ => false,
+        });
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -220,35 +368,50 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::Mutex;
+    use std::sync::mpsc as std_mpsc;
+    use std::time::Duration;
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+    use tempfile::TempDir;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    fn pending(last_index: u64, done: impl FnOnce(io::Result<()>) + Send + 'static) -> PendingSync {
+        PendingSync { last_index, done: Some(Box::new(done)) }
+    }
 
     #[test]
     fn queued_appends_share_one_fsync() {
-        let (tx, mut rx) = mpsc::channel::<FlushDone>(LOG_FLUSH_BATCH_MAX);
+        let (tx, mut rx) = mpsc::channel::<PendingSync>(LOG_FLUSH_BATCH_MAX);
         let acked = Arc::new(Mutex::new(Vec::new()));
         for i in 0..100 {
             let acked = acked.clone();
-            tx.try_send(Box::new(move |r| acked.lock().unwrap().push((i, r.is_ok())))).unwrap();
+            tx.try_send(pending(i + 1, move |r| acked.lock().unwrap().push((i, r.is_ok())))).unwrap();
         }
         drop(tx);
         let mut syncs = 0;
-        group_commit(&mut rx, || {
-            syncs += 1;
-            Ok::<(), String>(())
-        });
+        let synced = watch::channel(Durable::Upto(0)).0;
+        group_commit(
+            &mut rx,
+            || {
+                syncs += 1;
+                Ok::<(), String>(())
+            },
+            &synced,
+        );
         assert_eq!(syncs, 1, "100 queued appends need one fsync");
+        assert_eq!(*synced.borrow(), Durable::Upto(100), "the fsync made all of them durable");
         let acked = acked.lock().unwrap();
         assert_eq!(acked.len(), 100);
-        assert!(acked.iter().enumerate().all(|(i, &(j, ok))| i == j && ok), "acknowledged in order, all ok");
+        assert!(acked.iter().enumerate().all(|(i, &(j, ok))| i as u64 == j && ok), "acknowledged in order, all ok");
     }
 
     #[test]
     fn a_failed_fsync_fails_every_append_it_covered() {
-        let (tx, mut rx) = mpsc::channel::<FlushDone>(8);
+        let (tx, mut rx) = mpsc::channel::<PendingSync>(8);
         let failures = Arc::new(AtomicU64::new(0));
-        for _ in 0..3 {
+        for i in 0..3 {
             let failures = failures.clone();
-            tx.try_send(Box::new(move |r| {
+            tx.try_send(pending(i + 1, move |r| {
                 if r.is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);
                 }
@@ -256,7 +419,96 @@ mod tests {
             .unwrap();
         }
         drop(tx);
-        group_commit(&mut rx, || Err("disk gone"));
+        let synced = watch::channel(Durable::Upto(0)).0;
+        group_commit(&mut rx, || Err("disk gone"), &synced);
         assert_eq!(failures.load(Ordering::Relaxed), 3);
+        assert_eq!(*synced.borrow(), Durable::Failed);
+    }
+
+    /// A log store of member 1 whose fsyncs each wait for the test to allow one.
+    fn gated_store() -> (TempDir, LogStore, std_mpsc::Sender<()>) {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let (allow, allowed) = std_mpsc::channel::<()>();
+        let store = LogStore::with_sync(db.clone(), 1, move || {
+            allowed.recv().map_err(|_| "test over")?;
+            db.flush_wal(true).map_err(|e| e.to_string())
+        })
+        .expect("log store");
+        (dir, store, allow)
+    }
+
+    fn entry(term: u64, leader: NodeId, index: u64) -> Entry {
+        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: EntryPayload::Blank }
+    }
+
+    /// Appends `entries` and returns a receiver of their acknowledgment.
+    async fn append(store: &LogStore, entries: Vec<Entry>) -> tokio::sync::oneshot::Receiver<io::Result<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append_then(entries, move |r| drop(tx.send(r))).await.expect("append");
+        rx
+    }
+
+    async fn wait_durable(synced: &mut LogSynced, index: u64) {
+        let durable = tokio::time::timeout(Duration::from_secs(10), synced.durable(index)).await;
+        assert_eq!(durable.ok(), Some(true), "entries up to {index} never became durable");
+    }
+
+    #[tokio::test]
+    async fn a_leaders_own_entries_are_acknowledged_before_their_fsync_and_durable_only_after() {
+        let (_dir, mut store, allow) = gated_store();
+        let mut synced = store.synced();
+        store.save_vote(&Vote::new_committed(2, 1)).await.expect("save vote");
+        let mut acked = append(&store, vec![entry(2, 1, 1), entry(2, 1, 2)]).await;
+        assert!(acked.try_recv().expect("acknowledged before the fsync").is_ok());
+        assert_eq!(synced.now(), Durable::Upto(0), "not durable before the fsync");
+        let early = tokio::time::timeout(Duration::from_millis(50), synced.durable(2)).await;
+        assert!(early.is_err(), "durable only after the fsync");
+        allow.send(()).unwrap();
+        wait_durable(&mut synced, 2).await;
+        assert_eq!(synced.now(), Durable::Upto(2));
+    }
+
+    #[tokio::test]
+    async fn other_appends_are_acknowledged_only_after_their_fsync() {
+        let (_dir, mut store, allow) = gated_store();
+        let synced = store.synced();
+        let cases: [(Vote<NodeId>, u64, NodeId); 4] = [
+            // A follower of member 2.
+            (Vote::new_committed(2, 2), 2, 2),
+            // A candidate: its vote is not committed.
+            (Vote::new(3, 1), 3, 1),
+            // A leader appending entries of its earlier term (sent back by another leader).
+            (Vote::new_committed(4, 1), 3, 1),
+            // A member that voted for a leader of a higher term.
+            (Vote::new(5, 3), 4, 1),
+        ];
+        for (i, (vote, term, leader)) in cases.into_iter().enumerate() {
+            let index = i as u64 + 1;
+            store.save_vote(&vote).await.expect("save vote");
+            let mut acked = append(&store, vec![entry(term, leader, index)]).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            assert!(matches!(acked.try_recv(), Err(TryRecvError::Empty)), "case {i}: waits for the fsync");
+            assert_eq!(synced.now(), Durable::Upto(index - 1), "case {i}: not durable before the fsync");
+            allow.send(()).unwrap();
+            assert!(acked.await.expect("acknowledged").is_ok(), "case {i}");
+            assert_eq!(synced.now(), Durable::Upto(index), "case {i}: durable when acknowledged");
+        }
+        assert_eq!(*store.leading.lock().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn truncation_lowers_the_durable_index() {
+        let (_dir, mut store, allow) = gated_store();
+        let mut synced = store.synced();
+        store.save_vote(&Vote::new_committed(1, 2)).await.expect("save vote");
+        let acked = append(&store, (1..=5).map(|i| entry(1, 2, i)).collect()).await;
+        allow.send(()).unwrap();
+        acked.await.expect("acknowledged").expect("synced");
+        wait_durable(&mut synced, 5).await;
+        allow.send(()).unwrap(); // for the truncation's barrier
+        store.truncate(LogId::new(CommittedLeaderId::new(1, 2), 3)).await.expect("truncate");
+        assert_eq!(synced.now(), Durable::Upto(2));
+        assert_eq!(store.get_log_state().await.expect("log state").last_log_id.map(|l| l.index), Some(2));
     }
 }

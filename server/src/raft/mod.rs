@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 pub use corruption::KvHash;
 pub use lease_forward::{LeaseCall, LeaseLeader};
-pub use log_store::LogStore;
+pub use log_store::{Durable, LogStore, LogSynced};
 pub use membership::{AdminError, AdminRequest, AdminResponse, AdminResult, ClusterView, MemberInfo};
 pub use network::PeerNetwork;
 pub use node::{RaftNode, RaftNodeError, RaftSettings};
@@ -93,7 +93,7 @@ mod conformance {
             let dir = tempfile::tempdir().expect("temporary directory");
             let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
             let sm = StateMachine::new(KvStore::open(db.clone()), dir.path().join("snap")).expect("snapshot dir");
-            Ok((dir, LogStore::open(db), sm))
+            Ok((dir, LogStore::open(db, 1).expect("open the log"), sm))
         }
     }
 

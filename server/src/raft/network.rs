@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::log_store::{Durable, LogSynced};
 use super::pipe::{Pipe, PipeError};
-use super::{Member, NodeId, TypeConfig};
-use crate::limits::{APPEND_ENTRIES_BYTES_MAX, PIPE_PAYLOAD_BYTES_MAX, RESPONSE_BYTES_MAX};
+use super::{LogId, Member, NodeId, TypeConfig};
+use crate::limits::{APPEND_ENTRIES_BYTES_MAX, COMMIT_NOTICE_SYNC_WAIT_MS, PIPE_PAYLOAD_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Which peer RPC to call.
 #[derive(Clone, Copy, Debug)]
@@ -88,6 +89,9 @@ pub struct PeerNetwork {
     peers: Arc<Mutex<HashMap<NodeId, Peer>>>,
     /// Set once this member learns it was removed from the cluster.
     removed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// How much of this member's log is durable: the commit index it sends as leader
+    /// stays within it (see [`durable_commit`]).
+    log_synced: LogSynced,
 }
 
 /// The connection to one peer, for the URL it was made to.
@@ -102,9 +106,9 @@ struct Peer {
 pub(crate) const REMOVED_MARK: &str = "was removed from the cluster";
 
 impl PeerNetwork {
-    pub fn new(cluster_id: u64, self_id: NodeId) -> Self {
+    pub fn new(cluster_id: u64, self_id: NodeId, log_synced: LogSynced) -> Self {
         let (removed, _) = tokio::sync::watch::channel(false);
-        PeerNetwork { cluster_id, self_id, peers: Arc::default(), removed: Arc::new(removed) }
+        PeerNetwork { cluster_id, self_id, peers: Arc::default(), removed: Arc::new(removed), log_synced }
     }
 
     /// Becomes true once this member learns that it was removed from the cluster.
@@ -294,6 +298,42 @@ impl PeerConnection {
     }
 }
 
+/// `rpc` with a commit index no further than this member's log is durable.
+///
+/// As leader, this member counts itself in the quorum before its own fsync of an entry
+/// (see [`LogStore`](super::LogStore)). A follower must not hear that the entry is
+/// committed before then: it would apply it, and if this member lost its copy in a
+/// crash, the entry might be durable on one follower only and be lost in the next
+/// election. A message without entries (a heartbeat, or the notice of a new commit
+/// index) waits up to [`COMMIT_NOTICE_SYNC_WAIT_MS`] for the fsync, so that the
+/// notice is not lost; one with entries goes at once, with the commit index cut back
+/// to the highest durable entry it names.
+async fn durable_commit(
+    mut rpc: AppendEntriesRequest<TypeConfig>,
+    mut synced: LogSynced,
+) -> AppendEntriesRequest<TypeConfig> {
+    let Some(commit) = rpc.leader_commit else { return rpc };
+    if matches!(synced.now(), Durable::Upto(upto) if upto >= commit.index) {
+        return rpc;
+    }
+    if rpc.entries.is_empty() {
+        let wait = Duration::from_millis(COMMIT_NOTICE_SYNC_WAIT_MS);
+        if tokio::time::timeout(wait, synced.durable(commit.index)).await == Ok(true) {
+            return rpc;
+        }
+    }
+    rpc.leader_commit = commit_within(&rpc, synced.now());
+    rpc
+}
+
+/// The highest log ID that `rpc` names (its entries', or the one before them) and
+/// that is durable, if any.
+fn commit_within(rpc: &AppendEntriesRequest<TypeConfig>, durable: Durable) -> Option<LogId> {
+    let Durable::Upto(upto) = durable else { return None };
+    let named = rpc.entries.iter().rev().map(|e| e.log_id).chain(rpc.prev_log_id);
+    named.filter(|l| Some(l) <= rpc.leader_commit.as_ref()).find(|l| l.index <= upto)
+}
+
 impl RaftNetwork<TypeConfig> for PeerConnection {
     async fn append_entries(
         &mut self,
@@ -304,6 +344,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // openraft retries at once with at most this many entries.
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fits)));
         }
+        let rpc = durable_commit(rpc, self.net.log_synced.clone()).await;
         let heartbeat = rpc.entries.is_empty();
         crate::observability::heartbeat(self.target, heartbeat, self.raft_call(PeerRpc::AppendEntries, &rpc, &option))
             .await
@@ -338,5 +379,57 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         self.raft_call(PeerRpc::Vote, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload, Vote};
+
+    use super::*;
+    use crate::raft::Entry;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(2, 1), index)
+    }
+
+    /// An AppendEntries after entry `prev`, with `count` entries, committing `commit`.
+    fn append(prev: u64, count: u64, commit: u64) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: Some(log_id(prev)),
+            entries: (prev + 1..=prev + count)
+                .map(|i| Entry { log_id: log_id(i), payload: EntryPayload::Blank })
+                .collect(),
+            leader_commit: Some(log_id(commit)),
+        }
+    }
+
+    #[test]
+    fn the_commit_sent_is_the_highest_durable_entry_named() {
+        let rpc = append(5, 3, 7);
+        assert_eq!(commit_within(&rpc, Durable::Upto(6)), Some(log_id(6)), "an entry of the message");
+        assert_eq!(commit_within(&rpc, Durable::Upto(9)), Some(log_id(7)), "never past the leader's commit");
+        assert_eq!(commit_within(&rpc, Durable::Upto(5)), Some(log_id(5)), "the entry before the message");
+        assert_eq!(commit_within(&rpc, Durable::Upto(4)), None, "none named is durable");
+        assert_eq!(commit_within(&rpc, Durable::Failed), None, "nothing after a failed fsync");
+    }
+
+    #[tokio::test]
+    async fn entries_go_at_once_with_the_durable_commit_and_a_commit_notice_waits_for_the_fsync() {
+        let (durable, synced) = LogSynced::channel(Durable::Upto(6));
+        let sent = durable_commit(append(5, 3, 8), synced.clone()).await;
+        assert_eq!(sent.leader_commit, Some(log_id(6)));
+        assert_eq!(sent.entries.len(), 3, "entries unchanged");
+
+        let notice = tokio::spawn(durable_commit(append(8, 0, 8), synced.clone()));
+        tokio::time::sleep(Duration::from_millis(COMMIT_NOTICE_SYNC_WAIT_MS / 4)).await;
+        assert!(!notice.is_finished(), "waits for the fsync");
+        durable.send_replace(Durable::Upto(8));
+        assert_eq!(notice.await.expect("task").leader_commit, Some(log_id(8)), "then sends the whole commit");
+
+        // A notice whose fsync does not come in time goes with what is durable.
+        let late = durable_commit(append(8, 0, 9), synced).await;
+        assert_eq!(late.leader_commit, Some(log_id(8)));
     }
 }

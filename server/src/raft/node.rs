@@ -117,9 +117,10 @@ impl RaftNode {
             ..Default::default()
         }
         .validate()?;
-        let net = PeerNetwork::new(cluster_id, id);
-        let sm = StateMachine::new(store.clone(), snapshot_dir)?;
-        let raft = Raft::new(id, Arc::new(config), net.clone(), LogStore::open(db), sm).await?;
+        let log = LogStore::open(db, id)?;
+        let net = PeerNetwork::new(cluster_id, id, log.synced());
+        let sm = StateMachine::new(store.clone(), snapshot_dir)?.gated_by(log.synced());
+        let raft = Raft::new(id, Arc::new(config), net.clone(), log, sm).await?;
         let feed = status::spawn(&raft, id);
         let node = Arc::new(RaftNode {
             raft,

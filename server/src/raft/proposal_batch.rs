@@ -1,9 +1,9 @@
 //! Batching of client commands into Raft entries, as etcd's raft batches the
 //! proposals of one `Ready`.
 //!
-//! openraft 0.9 appends one entry per `client_write` and waits for that append's fsync
-//! before it takes the next request, so a leader that proposed every command as an
-//! entry of its own would do one fsync per command, one after the other. Instead, at
+//! openraft 0.9 appends one entry per `client_write`, and its core handles one
+//! request after the other, so a leader that proposed every command as an entry of
+//! its own would write, replicate and fsync every command on its own. Instead, at
 //! most a few batches ([`PROPOSALS_IN_FLIGHT_MAX`](crate::limits::PROPOSALS_IN_FLIGHT_MAX))
 //! are proposed and not yet applied at any time; commands that arrive meanwhile queue, and the next free slot proposes all of
 //! them (within [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as

@@ -21,6 +21,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
 use tokio::fs::File as AsyncFile;
 
+use super::log_store::LogSynced;
 use super::snapshot_file::{self, Meta};
 use super::{Entry, LogId, NodeId, Proposal, StorageError, StoredMembership, TypeConfig};
 use crate::mvcc::{decode_meta, encode_meta, ApplyOutcome, Command, CommandResponse, KvStore};
@@ -43,6 +44,9 @@ pub struct StateMachine {
     current: Arc<Mutex<()>>,
     /// The file a snapshot from the leader is being received into.
     receiving: Arc<Mutex<Option<PathBuf>>>,
+    /// How much of this member's log is durable: entries are applied only once they
+    /// are (see [`StateMachine::gated_by`]).
+    log_synced: Option<LogSynced>,
 }
 
 impl StateMachine {
@@ -56,6 +60,7 @@ impl StateMachine {
             seq: Arc::new(AtomicU64::new(0)),
             current: Arc::default(),
             receiving: Arc::default(),
+            log_synced: None,
         };
         sm.finish_interrupted_install()?;
         for entry in std::fs::read_dir(&sm.snapshot_dir)? {
@@ -66,6 +71,18 @@ impl StateMachine {
             }
         }
         Ok(sm)
+    }
+
+    /// Applies each entry only once this member's log holds it durably. A member's
+    /// log store acknowledges its own appends as leader before their fsync (see
+    /// [`LogStore`](super::LogStore)), so openraft may commit an entry that only the
+    /// followers have on disk yet; the leader applies it (and so answers the client,
+    /// serves reads of it and sends it to watchers) once its own copy is durable too.
+    /// Followers' entries are durable before they acknowledge them, so there the gate
+    /// never waits. Without it (tests, benchmarks), entries are applied as committed.
+    pub fn gated_by(mut self, log_synced: LogSynced) -> Self {
+        self.log_synced = Some(log_synced);
+        self
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -292,6 +309,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(gate), Some(last)) = (&mut self.log_synced, entries.last()) {
+            if !gate.durable(last.log_id.index).await {
+                let e = io::Error::other(format!("entry {} is not durable in this member's log", last.log_id));
+                return Err(sm_write_err(e));
+            }
+        }
         let mut outcomes = Vec::new();
         for entry in entries {
             let _apply = crate::observability::ApplyTimer::start(entry.log_id.index, entry.log_id.leader_id.term);
@@ -378,9 +402,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use openraft::{CommittedLeaderId, Entry as RaftEntry};
     use tempfile::TempDir;
 
+    use super::super::log_store::Durable;
     use super::*;
     use crate::mvcc::{PutRequest, TxnRequest};
     use crate::schema;
@@ -418,6 +445,30 @@ mod tests {
             Command::LeaseRevoke { id: 42 },
             put("b", "3"),
         ]
+    }
+
+    #[tokio::test]
+    async fn a_gated_state_machine_applies_an_entry_only_once_the_log_holds_it_durably() {
+        let (_dir, sm) = open();
+        let (durable, synced) = LogSynced::channel(Durable::Upto(1));
+        let mut sm = sm.gated_by(synced);
+        sm.apply(vec![entry(1, vec![put("a", "1")])]).await.expect("apply a durable entry");
+        let mut waiting = sm.clone();
+        let apply = tokio::spawn(async move { waiting.apply(vec![entry(2, vec![put("b", "2")])]).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!apply.is_finished(), "entry 2 is not durable yet");
+        let view = sm.store.read_view();
+        assert_eq!(view.revision, 2, "entry 2 is not applied yet");
+        drop(view);
+        durable.send_replace(Durable::Upto(2));
+        let outcomes = apply.await.expect("apply task").expect("apply once durable");
+        assert_eq!(outcomes[0][0].revision, 3);
+
+        let mut failing = sm.clone();
+        let apply = tokio::spawn(async move { failing.apply(vec![entry(3, vec![put("c", "3")])]).await });
+        durable.send_replace(Durable::Failed);
+        assert!(apply.await.expect("apply task").is_err(), "an entry that cannot become durable fails to apply");
+        assert_eq!(sm.store.read_view().revision, 3, "and changes nothing");
     }
 
     #[tokio::test]
