@@ -104,6 +104,9 @@ pub struct LogStore {
     /// The leader ID under which this member leads, while the last vote it saved is
     /// its own committed vote.
     leading: Arc<Mutex<Option<openraft::LeaderId<NodeId>>>>,
+    /// The commit index openraft saved last, if not written yet: it goes into the
+    /// next append's batch (see [`RaftLogStorage::save_committed`] below).
+    unwritten_committed: Arc<Mutex<Option<Option<LogId>>>>,
 }
 
 impl LogStore {
@@ -126,7 +129,14 @@ impl LogStore {
         let (pending, mut rx) = mpsc::channel::<PendingSync>(LOG_FLUSH_BATCH_MAX);
         let syncer_synced = synced.clone();
         let syncer = Worker::spawn("cairn-log-sync", pending, move || group_commit(&mut rx, sync, &syncer_synced));
-        Ok(LogStore { db, id, syncer: Arc::new(syncer), synced, leading: Arc::default() })
+        Ok(LogStore {
+            db,
+            id,
+            syncer: Arc::new(syncer),
+            synced,
+            leading: Arc::default(),
+            unwritten_committed: Arc::default(),
+        })
     }
 
     /// Follows how much of the log is durable.
@@ -152,6 +162,9 @@ impl LogStore {
             own &= Some(entry.log_id.leader_id) == leading;
             last_index = entry.log_id.index;
             batch.put_cf(cf, schema::log_key(entry.log_id.index), encode(&entry));
+        }
+        if let Some(committed) = self.unwritten_committed.lock().expect("committed lock").take() {
+            batch.put_cf(schema::cf(&self.db, CF_RAFT_STATE), raft_state_keys::COMMITTED, encode(&committed));
         }
         // Written now so that readers see the entries (replication reads them).
         self.write(batch, false).map_err(write_err)?;
@@ -310,12 +323,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_state(raft_state_keys::VOTE).map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
+    /// openraft saves the commit index on every commit, before it applies the
+    /// entries, and reads it back only when it starts, to apply the entries known
+    /// committed without waiting to hear from a leader. A write of its own here would
+    /// delay every apply by a RocksDB write, so the index is written with the next
+    /// append instead. What a restart finds is then at most the index before the
+    /// last append: never ahead of what is committed, which is all that matters.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         crate::observability::committed(committed.map(|l| l.index));
-        self.put_state(raft_state_keys::COMMITTED, &committed, false).map_err(write_err)
+        *self.unwritten_committed.lock().expect("committed lock") = Some(committed);
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        if let Some(committed) = *self.unwritten_committed.lock().expect("committed lock") {
+            return Ok(committed);
+        }
         Ok(self.get_state::<Option<LogId>>(raft_state_keys::COMMITTED).map_err(read_err)?.flatten())
     }
 
@@ -438,8 +461,12 @@ mod tests {
         (dir, store, allow)
     }
 
+    fn log_id(term: u64, leader: NodeId, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, leader), index)
+    }
+
     fn entry(term: u64, leader: NodeId, index: u64) -> Entry {
-        Entry { log_id: LogId::new(CommittedLeaderId::new(term, leader), index), payload: EntryPayload::Blank }
+        Entry { log_id: log_id(term, leader, index), payload: EntryPayload::Blank }
     }
 
     /// Appends `entries` and returns a receiver of their acknowledgment.
@@ -495,6 +522,22 @@ mod tests {
             assert_eq!(synced.now(), Durable::Upto(index), "case {i}: durable when acknowledged");
         }
         assert_eq!(*store.leading.lock().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_commit_index_is_written_with_the_next_append() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let mut store = LogStore::open(db.clone(), 1).expect("log store");
+        store.save_committed(Some(log_id(1, 2, 1))).await.expect("save");
+        assert_eq!(store.read_committed().await.expect("read"), Some(log_id(1, 2, 1)), "read back at once");
+        let stored = |store: &LogStore| store.get_state::<Option<LogId>>(raft_state_keys::COMMITTED).unwrap().flatten();
+        assert_eq!(stored(&store), None, "not written on its own");
+        append(&store, vec![entry(1, 2, 2)]).await.await.expect("acknowledged").expect("synced");
+        assert_eq!(stored(&store), Some(log_id(1, 2, 1)), "written with the append");
+        drop(store);
+        let mut reopened = LogStore::open(db, 1).expect("log store");
+        assert_eq!(reopened.read_committed().await.expect("read"), Some(log_id(1, 2, 1)));
     }
 
     #[tokio::test]
