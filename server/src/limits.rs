@@ -124,11 +124,6 @@ pub const BACKUP_STREAM_CHUNK_BYTES: usize = 1024 * 1024;
 /// How long the database size measured for the quota check is reused.
 pub const QUOTA_CHECK_INTERVAL_MS: u64 = 100;
 
-/// Longest a leader holds back a heartbeat whose commit index its own log has not
-/// made durable yet, waiting for its fsync (see `raft::network::durable_commit`).
-/// After it, the heartbeat goes with the durable part of the commit index.
-pub const COMMIT_NOTICE_SYNC_WAIT_MS: u64 = 20;
-
 /// Most pending log flushes merged into one fsync by the group committer.
 pub const LOG_FLUSH_BATCH_MAX: usize = 4_096;
 

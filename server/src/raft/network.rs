@@ -23,7 +23,7 @@ use tonic::transport::{Channel, Endpoint};
 use super::log_store::{Durable, LogSynced};
 use super::pipe::{Pipe, PipeError};
 use super::{LogId, Member, NodeId, TypeConfig};
-use crate::limits::{APPEND_ENTRIES_BYTES_MAX, COMMIT_NOTICE_SYNC_WAIT_MS, PIPE_PAYLOAD_BYTES_MAX, RESPONSE_BYTES_MAX};
+use crate::limits::{APPEND_ENTRIES_BYTES_MAX, PIPE_PAYLOAD_BYTES_MAX, RESPONSE_BYTES_MAX};
 
 /// Which peer RPC to call.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +92,8 @@ pub struct PeerNetwork {
     /// How much of this member's log is durable: the commit index it sends as leader
     /// stays within it (see [`durable_commit`]).
     log_synced: LogSynced,
+    /// The highest commit index held back from a follower so far.
+    held_commit: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The connection to one peer, for the URL it was made to.
@@ -108,7 +110,16 @@ pub(crate) const REMOVED_MARK: &str = "was removed from the cluster";
 impl PeerNetwork {
     pub fn new(cluster_id: u64, self_id: NodeId, log_synced: LogSynced) -> Self {
         let (removed, _) = tokio::sync::watch::channel(false);
-        PeerNetwork { cluster_id, self_id, peers: Arc::default(), removed: Arc::new(removed), log_synced }
+        let held_commit = Arc::new(tokio::sync::watch::channel(0).0);
+        PeerNetwork { cluster_id, self_id, peers: Arc::default(), removed: Arc::new(removed), log_synced, held_commit }
+    }
+
+    /// The highest commit index that messages to followers left out because this
+    /// member's log did not hold it durably yet (see [`durable_commit`]). Once it
+    /// does, a heartbeat must tell the followers: nothing else may, if no write
+    /// follows.
+    pub fn held_commit(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.held_commit.subscribe()
     }
 
     /// Becomes true once this member learns that it was removed from the cluster.
@@ -298,32 +309,27 @@ impl PeerConnection {
     }
 }
 
-/// `rpc` with a commit index no further than this member's log is durable.
+/// `rpc` with a commit index no further than this member's log is durable, and the
+/// commit index it held back, if it had to.
 ///
 /// As leader, this member counts itself in the quorum before its own fsync of an entry
 /// (see [`LogStore`](super::LogStore)). A follower must not hear that the entry is
 /// committed before then: it would apply it, and if this member lost its copy in a
 /// crash, the entry might be durable on one follower only and be lost in the next
-/// election. A message without entries (a heartbeat, or the notice of a new commit
-/// index) waits up to [`COMMIT_NOTICE_SYNC_WAIT_MS`] for the fsync, so that the
-/// notice is not lost; one with entries goes at once, with the commit index cut back
-/// to the highest durable entry it names.
-async fn durable_commit(
+/// election. So the commit index is cut back to the highest durable entry the
+/// message names. The message goes at once all the same (heartbeats confirm
+/// leadership for reads and must not wait for a disk); the commit index held back
+/// goes out once it is durable (see [`PeerNetwork::held_commit`]).
+fn durable_commit(
     mut rpc: AppendEntriesRequest<TypeConfig>,
-    mut synced: LogSynced,
-) -> AppendEntriesRequest<TypeConfig> {
-    let Some(commit) = rpc.leader_commit else { return rpc };
-    if matches!(synced.now(), Durable::Upto(upto) if upto >= commit.index) {
-        return rpc;
+    durable: Durable,
+) -> (AppendEntriesRequest<TypeConfig>, Option<u64>) {
+    let Some(commit) = rpc.leader_commit else { return (rpc, None) };
+    if matches!(durable, Durable::Upto(upto) if upto >= commit.index) {
+        return (rpc, None);
     }
-    if rpc.entries.is_empty() {
-        let wait = Duration::from_millis(COMMIT_NOTICE_SYNC_WAIT_MS);
-        if tokio::time::timeout(wait, synced.durable(commit.index)).await == Ok(true) {
-            return rpc;
-        }
-    }
-    rpc.leader_commit = commit_within(&rpc, synced.now());
-    rpc
+    rpc.leader_commit = commit_within(&rpc, durable);
+    (rpc, Some(commit.index))
 }
 
 /// The highest log ID that `rpc` names (its entries', or the one before them) and
@@ -344,7 +350,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             // openraft retries at once with at most this many entries.
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fits)));
         }
-        let rpc = durable_commit(rpc, self.net.log_synced.clone()).await;
+        let (rpc, held) = durable_commit(rpc, self.net.log_synced.now());
+        if let Some(index) = held {
+            self.net.held_commit.send_if_modified(|h| std::mem::replace(h, (*h).max(index)) < index);
+        }
         let heartbeat = rpc.entries.is_empty();
         crate::observability::heartbeat(self.target, heartbeat, self.raft_call(PeerRpc::AppendEntries, &rpc, &option))
             .await
@@ -415,21 +424,14 @@ mod tests {
         assert_eq!(commit_within(&rpc, Durable::Failed), None, "nothing after a failed fsync");
     }
 
-    #[tokio::test]
-    async fn entries_go_at_once_with_the_durable_commit_and_a_commit_notice_waits_for_the_fsync() {
-        let (durable, synced) = LogSynced::channel(Durable::Upto(6));
-        let sent = durable_commit(append(5, 3, 8), synced.clone()).await;
-        assert_eq!(sent.leader_commit, Some(log_id(6)));
+    #[test]
+    fn a_commit_beyond_the_durable_log_is_cut_back_and_reported_held() {
+        let (sent, held) = durable_commit(append(5, 3, 8), Durable::Upto(6));
+        assert_eq!((sent.leader_commit, held), (Some(log_id(6)), Some(8)));
         assert_eq!(sent.entries.len(), 3, "entries unchanged");
-
-        let notice = tokio::spawn(durable_commit(append(8, 0, 8), synced.clone()));
-        tokio::time::sleep(Duration::from_millis(COMMIT_NOTICE_SYNC_WAIT_MS / 4)).await;
-        assert!(!notice.is_finished(), "waits for the fsync");
-        durable.send_replace(Durable::Upto(8));
-        assert_eq!(notice.await.expect("task").leader_commit, Some(log_id(8)), "then sends the whole commit");
-
-        // A notice whose fsync does not come in time goes with what is durable.
-        let late = durable_commit(append(8, 0, 9), synced).await;
-        assert_eq!(late.leader_commit, Some(log_id(8)));
+        let (sent, held) = durable_commit(append(8, 0, 8), Durable::Upto(7));
+        assert_eq!((sent.leader_commit, held), (None, Some(8)), "a heartbeat names only the entry before");
+        let (sent, held) = durable_commit(append(8, 0, 8), Durable::Upto(8));
+        assert_eq!((sent.leader_commit, held), (Some(log_id(8)), None), "durable: unchanged");
     }
 }

@@ -18,7 +18,7 @@ use super::network::{PeerCallError, PeerRpc};
 use super::proposal_batch::ProposalBatcher;
 use super::read_index::ReadBatcher;
 use super::status::{self, RaftStatus, StatusFeed};
-use super::{LeaseCall, LeaseLeader, LogStore, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
+use super::{LeaseCall, LeaseLeader, LogStore, LogSynced, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARDS_IN_FLIGHT_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT,
     PEER_FORWARD_TIMEOUT_MS, PROPOSALS_IN_FLIGHT_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
@@ -120,7 +120,13 @@ impl RaftNode {
         let log = LogStore::open(db, id)?;
         let net = PeerNetwork::new(cluster_id, id, log.synced());
         let sm = StateMachine::new(store.clone(), snapshot_dir)?.gated_by(log.synced());
+        let log_synced = log.synced();
         let raft = Raft::new(id, Arc::new(config), net.clone(), log, sm).await?;
+        let trigger = raft.clone();
+        tokio::spawn(send_held_commits(net.held_commit(), log_synced, move || {
+            let raft = trigger.clone();
+            async move { raft.trigger().heartbeat().await.is_ok() }
+        }));
         let feed = status::spawn(&raft, id);
         let node = Arc::new(RaftNode {
             raft,
@@ -530,6 +536,22 @@ impl Drop for SnapshotReceipt {
     }
 }
 
+/// Calls `heartbeat` (which sends the followers the commit index) whenever this
+/// member's log has made durable a commit index that messages to followers held
+/// back (see [`PeerNetwork::held_commit`]); returns when either side is gone.
+async fn send_held_commits<F: Future<Output = bool>>(
+    mut held: tokio::sync::watch::Receiver<u64>,
+    mut synced: LogSynced,
+    heartbeat: impl Fn() -> F,
+) {
+    while held.changed().await.is_ok() {
+        let index = *held.borrow_and_update();
+        if !synced.durable(index).await || !heartbeat().await {
+            return;
+        }
+    }
+}
+
 /// Stops the member (through the network's removed flag) once it has applied a
 /// membership that no longer includes it, having been included before.
 async fn watch_own_removal(mut rx: tokio::sync::watch::Receiver<RaftStatus>, id: NodeId, net: PeerNetwork) {
@@ -656,5 +678,42 @@ async fn log_leadership(mut rx: tokio::sync::watch::Receiver<RaftStatus>, id: No
         if rx.changed().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::raft::Durable;
+
+    #[tokio::test]
+    async fn a_held_commit_is_sent_once_the_log_holds_it_durably() {
+        let (held_tx, held) = tokio::sync::watch::channel(0);
+        let (durable, synced) = LogSynced::channel(Durable::Upto(4));
+        let beats = Arc::new(AtomicUsize::new(0));
+        let counted = beats.clone();
+        let task = tokio::spawn(send_held_commits(held, synced, move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                true
+            }
+        }));
+        held_tx.send_replace(5);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(beats.load(Ordering::SeqCst), 0, "entry 5 is not durable yet");
+        durable.send_replace(Durable::Upto(5));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while beats.load(Ordering::SeqCst) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("a heartbeat once durable");
+        drop(held_tx);
+        task.await.expect("the task ends with the network");
+        assert_eq!(beats.load(Ordering::SeqCst), 1);
     }
 }
