@@ -19,12 +19,15 @@
 //! - the state machine applies an entry only once it is durable here
 //!   ([`StateMachine::gated_by`](super::StateMachine::gated_by)), so no client hears of
 //!   a write (and no read or watch sees it) before a quorum has it on disk;
-//! - the commit index sent to followers never passes what is durable here
-//!   ([`LogSynced`], used by the peer network), so that a follower does not apply an
-//!   entry whose only durable copies could be its own and one other.
+//! - the commit index sent to followers never passes what is durable here, and names
+//!   only an entry of the leader's own term ([`LogSynced`], used by the peer
+//!   network), so that a follower does not apply an entry that a majority may not
+//!   hold on disk.
 //!
-//! A member knows that it is the leader of a term from the vote it saved: a committed
-//! vote for itself. Until it saves another vote, every append it does is its own.
+//! A member knows that it is the leader of a term from the vote it saved in this
+//! process: a committed vote for itself. Until it saves another vote, every append
+//! it does is its own. (A member that resumes leadership after a restart, without
+//! an election, acknowledges after the fsync until the next election.)
 
 use std::fmt::Debug;
 use std::io;
@@ -154,6 +157,10 @@ impl LogStore {
         entries: impl IntoIterator<Item = Entry>,
         done: impl FnOnce(io::Result<()>) + Send + 'static,
     ) -> Result<(), StorageError> {
+        if self.synced.borrow().eq(&Durable::Failed) {
+            let e = io::Error::other("an earlier fsync of the raft log failed");
+            return Err(StorageIOError::write_logs(&e).into());
+        }
         let leading = *self.leading.lock().expect("leading lock");
         let cf = schema::cf(&self.db, CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
@@ -327,8 +334,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// entries, and reads it back only when it starts, to apply the entries known
     /// committed without waiting to hear from a leader. A write of its own here would
     /// delay every apply by a RocksDB write, so the index is written with the next
-    /// append instead. What a restart finds is then at most the index before the
-    /// last append: never ahead of what is committed, which is all that matters.
+    /// append instead. What a restart finds is then the index saved last before the
+    /// last append: it may lag (openraft then starts from what was applied), but it
+    /// is never ahead of what is committed, which is all that matters.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         crate::observability::committed(committed.map(|l| l.index));
         *self.unwritten_committed.lock().expect("committed lock") = Some(committed);

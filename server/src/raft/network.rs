@@ -116,8 +116,9 @@ impl PeerNetwork {
 
     /// The highest commit index that messages to followers left out because this
     /// member's log did not hold it durably yet (see [`durable_commit`]). Once it
-    /// does, a heartbeat must tell the followers: nothing else may, if no write
-    /// follows.
+    /// does, a heartbeat tells the followers: if no write follows, they would
+    /// otherwise wait for openraft's next periodic heartbeat. (A follower with a
+    /// message in flight then is skipped, and waits for that.)
     pub fn held_commit(&self) -> tokio::sync::watch::Receiver<u64> {
         self.held_commit.subscribe()
     }
@@ -317,9 +318,13 @@ impl PeerConnection {
 /// committed before then: it would apply it, and if this member lost its copy in a
 /// crash, the entry might be durable on one follower only and be lost in the next
 /// election. So the commit index is cut back to the highest durable entry the
-/// message names. The message goes at once all the same (heartbeats confirm
-/// leadership for reads and must not wait for a disk); the commit index held back
-/// goes out once it is durable (see [`PeerNetwork::held_commit`]).
+/// message names, among those of this leader's own term: an entry of an earlier
+/// term is committed only through a later entry of the current term that a
+/// majority holds (Raft's commitment rule), and with five members a cut-back index
+/// landing on an older entry could name one that no majority holds yet. The message
+/// goes at once all the same (heartbeats confirm leadership for reads and must not
+/// wait for a disk); the commit index held back goes out once it is durable (see
+/// [`PeerNetwork::held_commit`]).
 fn durable_commit(
     mut rpc: AppendEntriesRequest<TypeConfig>,
     durable: Durable,
@@ -332,12 +337,14 @@ fn durable_commit(
     (rpc, Some(commit.index))
 }
 
-/// The highest log ID that `rpc` names (its entries', or the one before them) and
-/// that is durable, if any.
+/// The highest log ID that `rpc` names (its entries', or the one before them), that
+/// is durable and of the sending leader's term, if any.
 fn commit_within(rpc: &AppendEntriesRequest<TypeConfig>, durable: Durable) -> Option<LogId> {
     let Durable::Upto(upto) = durable else { return None };
     let named = rpc.entries.iter().rev().map(|e| e.log_id).chain(rpc.prev_log_id);
-    named.filter(|l| Some(l) <= rpc.leader_commit.as_ref()).find(|l| l.index <= upto)
+    named
+        .filter(|l| l.leader_id == *rpc.vote.leader_id() && Some(l) <= rpc.leader_commit.as_ref())
+        .find(|l| l.index <= upto)
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
@@ -422,6 +429,12 @@ mod tests {
         assert_eq!(commit_within(&rpc, Durable::Upto(5)), Some(log_id(5)), "the entry before the message");
         assert_eq!(commit_within(&rpc, Durable::Upto(4)), None, "none named is durable");
         assert_eq!(commit_within(&rpc, Durable::Failed), None, "nothing after a failed fsync");
+
+        // After entry 5 of term 1, entries 6-8 of term 2 (this leader's), committing 7.
+        let mut rpc = append(5, 3, 7);
+        rpc.prev_log_id = Some(LogId::new(CommittedLeaderId::new(1, 3), 5));
+        assert_eq!(commit_within(&rpc, Durable::Upto(5)), None, "never an entry of an earlier term");
+        assert_eq!(commit_within(&rpc, Durable::Upto(6)), Some(log_id(6)));
     }
 
     #[test]

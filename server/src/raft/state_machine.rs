@@ -79,7 +79,8 @@ impl StateMachine {
     /// followers have on disk yet; the leader applies it (and so answers the client,
     /// serves reads of it and sends it to watchers) once its own copy is durable too.
     /// Followers' entries are durable before they acknowledge them, so there the gate
-    /// never waits. Without it (tests, benchmarks), entries are applied as committed.
+    /// waits only for entries this member wrote as leader just before it stepped
+    /// down. Without it (tests, benchmarks), entries are applied as committed.
     pub fn gated_by(mut self, log_synced: LogSynced) -> Self {
         self.log_synced = Some(log_synced);
         self
