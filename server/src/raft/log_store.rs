@@ -157,7 +157,7 @@ impl LogStore {
         entries: impl IntoIterator<Item = Entry>,
         done: impl FnOnce(io::Result<()>) + Send + 'static,
     ) -> Result<(), StorageError> {
-        if self.synced.borrow().eq(&Durable::Failed) {
+        if *self.synced.borrow() == Durable::Failed {
             let e = io::Error::other("an earlier fsync of the raft log failed");
             return Err(StorageIOError::write_logs(&e).into());
         }
@@ -546,6 +546,21 @@ mod tests {
         drop(store);
         let mut reopened = LogStore::open(db, 1).expect("log store");
         assert_eq!(reopened.read_committed().await.expect("read"), Some(log_id(1, 2, 1)));
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_fsync_appends_are_refused_and_write_nothing() {
+        let (_dir, mut store, allow) = gated_store();
+        store.save_vote(&Vote::new_committed(1, 2)).await.expect("save vote");
+        let acked = append(&store, vec![entry(1, 2, 1)]).await;
+        drop(allow); // the next fsync fails
+        assert!(acked.await.expect("answered").is_err(), "the append its fsync covered fails");
+        assert_eq!(store.synced().now(), Durable::Failed);
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let refused = store.append_then([entry(1, 2, 2)], move |r| drop(tx.send(r))).await;
+        assert!(refused.is_err(), "a later append is refused");
+        let last = store.get_log_state().await.expect("log state").last_log_id.map(|l| l.index);
+        assert_eq!(last, Some(1), "and writes nothing");
     }
 
     #[tokio::test]

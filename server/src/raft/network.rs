@@ -359,7 +359,13 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         }
         let (rpc, held) = durable_commit(rpc, self.net.log_synced.now());
         if let Some(index) = held {
-            self.net.held_commit.send_if_modified(|h| std::mem::replace(h, (*h).max(index)) < index);
+            self.net.held_commit.send_if_modified(|h| {
+                let higher = index > *h;
+                if higher {
+                    *h = index;
+                }
+                higher
+            });
         }
         let heartbeat = rpc.entries.is_empty();
         crate::observability::heartbeat(self.target, heartbeat, self.raft_call(PeerRpc::AppendEntries, &rpc, &option))

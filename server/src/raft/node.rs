@@ -118,9 +118,9 @@ impl RaftNode {
         }
         .validate()?;
         let log = LogStore::open(db, id)?;
-        let net = PeerNetwork::new(cluster_id, id, log.synced());
-        let sm = StateMachine::new(store.clone(), snapshot_dir)?.gated_by(log.synced());
         let log_synced = log.synced();
+        let net = PeerNetwork::new(cluster_id, id, log_synced.clone());
+        let sm = StateMachine::new(store.clone(), snapshot_dir)?.gated_by(log_synced.clone());
         let raft = Raft::new(id, Arc::new(config), net.clone(), log, sm).await?;
         let trigger = raft.clone();
         tokio::spawn(send_held_commits(net.held_commit(), log_synced, move || {
