@@ -5,7 +5,8 @@
 //! machine write before it durable.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Env, Options, DB};
 
@@ -76,9 +77,9 @@ pub mod identity_keys {
     pub const RESTORED_FROM: &[u8] = b"restored_from";
 }
 
-/// Upper bound of the rate at which flushes and compactions write (RocksDB's
-/// auto-tuned rate limiter moves between a twentieth of it and it, with demand).
-pub const BACKGROUND_WRITE_BYTES_PER_SEC_MAX: i64 = 64 << 20;
+/// Bytes a flush or compaction writes to a table file between two syncs of it, so
+/// that the kernel writes a table back as it grows rather than all at once.
+pub const BACKGROUND_BYTES_PER_SYNC: u64 = 1 << 20;
 
 /// Opens (creating if needed) the member's database with every column family.
 pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
@@ -93,20 +94,22 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // flush turns a whole memtable (64 MiB) into a table at once; on a busy machine
     // at normal priority, the members' requests stalled for up to 400 ms while it
     // ran. Should flushes fall behind on a saturated machine, RocksDB holds writes
-    // back until they catch up (its write stall), which frees the CPU they need.
+    // back until they catch up (its write stall), which frees the CPU they need; but
+    // if other processes keep every core busy, that stall lasts until they yield.
     // This is RocksDB's default environment, shared by every database of the process.
     let mut env = Env::new()?;
     env.lower_thread_pool_cpu_priority();
     env.lower_high_priority_thread_pool_cpu_priority();
     opts.set_env(&env);
-    // Flushes and compactions write through a rate limiter that RocksDB tunes to
-    // their demand (up to BACKGROUND_WRITE_BYTES_PER_SEC_MAX), and sync their files
-    // every MiB, rather than writing a whole 64 MiB table as fast as the disk takes it.
-    // The three members flush at the same moment (they hold the same data); unpaced,
-    // the 1-second windows around those flushes had p99s of 180-440 ms at half of
-    // etcd's peak put rate, paced 50-110 ms.
-    opts.set_auto_tuned_ratelimiter(BACKGROUND_WRITE_BYTES_PER_SEC_MAX, 100_000, 10);
-    opts.set_bytes_per_sync(1 << 20);
+    // No rate limiter on flushes and compactions: a flush that falls behind the
+    // writes stops them (RocksDB's write stall), so it must run at the disk's pace.
+    // RocksDB's auto-tuned limiter drops to a twentieth of its maximum after ten idle
+    // seconds and regains 5% per ten seconds; 1 MiB puts after an idle spell stopped
+    // behind its flushes for 20 s and timed out. A fixed 64 MiB/s limit held them to
+    // 18 puts/s with 3 s stops. The limiter was meant to keep flushes from stalling
+    // small puts; at half of etcd's peak put rate the p99 is the same without it
+    // (benches/RESULTS.md). Table files are synced as they grow instead.
+    opts.set_bytes_per_sync(BACKGROUND_BYTES_PER_SYNC);
     let cache = Cache::new_lru_cache(128 * 1024 * 1024);
     let cfs = ALL_CFS.iter().map(|name| {
         let mut cf_opts = Options::default();
@@ -118,6 +121,78 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
     Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
+}
+
+/// How often [`spawn_stall_guard`] checks whether RocksDB holds writes back.
+pub const STALL_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Nice value of RocksDB's flush and compaction threads (RocksDB's "low" CPU
+/// priority; see [`open_db`]).
+const BACKGROUND_NICE: i32 = 19;
+
+/// Raises RocksDB's flush and compaction threads to normal CPU priority while
+/// RocksDB holds writes back, and lowers them again once it no longer does.
+///
+/// At nice 19 those threads get the CPU that requests leave idle. When a flush falls
+/// behind, RocksDB stops or slows writes until it catches up; if other processes
+/// keep every core busy meanwhile, a flush at nice 19 gets almost none of it, and
+/// writes stay stopped (a 64 MiB flush took 10 s beside three busy processes, and puts
+/// timed out). Raising a thread's priority takes `CAP_SYS_NICE` (or `RLIMIT_NICE`);
+/// without it, the guard logs one warning and writes wait for the flush.
+///
+/// The guard runs on a thread of its own and ends once `db` is dropped.
+pub fn spawn_stall_guard(db: Weak<DB>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("cairn-stall-guard".into()).spawn(move || {
+        let mut raised = false;
+        let mut warned = false;
+        loop {
+            std::thread::sleep(STALL_CHECK_INTERVAL);
+            let Some(db) = db.upgrade() else { return };
+            let stalled = writes_held_back(&db);
+            drop(db);
+            if stalled == raised {
+                continue;
+            }
+            match renice_background_threads(if stalled { 0 } else { BACKGROUND_NICE }) {
+                Ok(()) => {
+                    raised = stalled;
+                    tracing::debug!(raised, "RocksDB write stall changed: background threads reniced");
+                }
+                Err(e) if !warned => {
+                    warned = true;
+                    tracing::warn!(error = %e, "writes wait for a flush at low CPU priority; raising its priority needs CAP_SYS_NICE");
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Whether RocksDB stops or slows writes now (its write stall).
+fn writes_held_back(db: &DB) -> bool {
+    let prop = |name| db.property_int_value(name).ok().flatten().unwrap_or(0);
+    prop("rocksdb.is-write-stopped") > 0 || prop("rocksdb.actual-delayed-write-rate") > 0
+}
+
+/// Sets the nice value of every RocksDB background thread of this process.
+fn renice_background_threads(nice: i32) -> std::io::Result<()> {
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else { continue };
+        if !comm.starts_with("rocksdb:") {
+            continue;
+        }
+        // SAFETY: setpriority only reads its integer arguments; a thread that has
+        // exited since the listing makes it fail with ESRCH, which is ignored.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Bytes the state machine takes on disk (SST files plus memtables), and an estimate
@@ -279,6 +354,18 @@ mod tests {
         for pool in ["rocksdb:high", "rocksdb:low"] {
             let nice = nice_of_threads(pool);
             assert!(nice.contains(&19), "no {pool} thread at nice 19: {nice:?}");
+        }
+        // What the stall guard does while writes are held back, and after. (In this
+        // test, as the threads are shared by every database of the process.)
+        for nice in [0, BACKGROUND_NICE] {
+            renice_background_threads(nice).expect("renice (tests run as root)");
+            for pool in ["rocksdb:high", "rocksdb:low"] {
+                let all = nice_of_threads(pool);
+                assert!(
+                    !all.is_empty() && all.iter().all(|n| *n == i64::from(nice)),
+                    "{pool} threads {all:?}, wanted {nice}"
+                );
+            }
         }
     }
 

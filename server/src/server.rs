@@ -47,6 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let db =
         schema::open_db(&dir.join(DB_DIR)).with_context(|| format!("opening the database in {}", dir.display()))?;
+    schema::spawn_stall_guard(Arc::downgrade(&db)).context("starting the write stall guard")?;
     let joined = if bootstrap::must_join(&db, &config)? { Some(bootstrap::discover(&config).await?) } else { None };
     let (identity, fresh) = bootstrap::load_or_create(&db, dir, &config, joined)?;
     let store = KvStore::open(db.clone());

@@ -1,0 +1,68 @@
+//! Writes are not stopped for long behind a starved flush. In a file of its own, so
+//! that its busy processes slow no other test.
+//!
+//! Run against Cairn: `cargo test -p cairn-server --test write_stall`;
+//! against etcd: `CAIRN_TEST_SERVER=etcd cargo test -p cairn-server --test write_stall`.
+
+mod common;
+
+use std::process::{Child, Command};
+
+use common::Cluster;
+use etcd_client::GetOptions;
+
+/// Processes that keep every core busy until dropped.
+struct BusyProcesses(Vec<Child>);
+
+impl BusyProcesses {
+    fn start(count: usize) -> BusyProcesses {
+        let spawn = |_| Command::new("sh").args(["-c", "while :; do :; done"]).spawn().expect("spawn a busy loop");
+        BusyProcesses((0..count).map(spawn).collect())
+    }
+}
+
+impl Drop for BusyProcesses {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// With more busy processes than cores beside it, a member still takes 192 MiB of
+/// 1 MiB puts (three 64 MiB memtables' worth) without a write timing out. RocksDB's
+/// flushes run at nice 19; when one falls behind, RocksDB stops writes until it
+/// catches up, and beside busy processes a flush at nice 19 got so little CPU that
+/// writes stayed stopped for 10 s. The stall guard raises the flush's priority
+/// while writes are held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_writes_beside_busy_processes_are_not_stopped_behind_a_starved_flush() {
+    const WRITERS: usize = 4;
+    const PUTS_EACH: usize = 48;
+    const VALUE_BYTES: usize = 1 << 20;
+    let cluster = Cluster::start(1).await;
+    let client = cluster.client(0).await;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let busy = BusyProcesses::start(cores + 1);
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut c = client.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..PUTS_EACH {
+                let key = format!("busy/{w}/{i:03}");
+                let value = common::incompressible(VALUE_BYTES, (w * PUTS_EACH + i) as u64);
+                if let Err(e) = c.put(key.clone(), value, None).await {
+                    panic!("put {key} beside busy processes: {e}");
+                }
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("a writer failed");
+    }
+    drop(busy);
+    let mut c = client.clone();
+    let count = c.get("busy/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count");
+    assert_eq!(count.count() as usize, WRITERS * PUTS_EACH);
+}
