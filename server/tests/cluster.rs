@@ -268,23 +268,6 @@ async fn large_writes_after_an_idle_spell_are_not_stopped_behind_flushes() {
     let cluster = Cluster::start(1).await;
     let client = cluster.client(0).await;
     tokio::time::sleep(IDLE).await;
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut c = client.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0..PUTS_EACH {
-                let key = format!("large/{w}/{i:03}");
-                let value = common::incompressible(VALUE_BYTES, (w * PUTS_EACH + i) as u64);
-                if let Err(e) = c.put(key.clone(), value, None).await {
-                    panic!("put {key} after the idle spell: {e}");
-                }
-            }
-        }));
-    }
-    for w in writers {
-        w.await.expect("a writer failed");
-    }
-    let mut c = client.clone();
-    let count = c.get("large/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count");
-    assert_eq!(count.count() as usize, WRITERS * PUTS_EACH);
+    let count = common::put_large_values(&client, "large", WRITERS, PUTS_EACH, VALUE_BYTES).await;
+    assert_eq!(count, WRITERS * PUTS_EACH);
 }

@@ -9,7 +9,6 @@ mod common;
 use std::process::{Child, Command};
 
 use common::Cluster;
-use etcd_client::GetOptions;
 
 /// Processes that keep every core busy until dropped.
 struct BusyProcesses(Vec<Child>);
@@ -45,24 +44,7 @@ async fn large_writes_beside_busy_processes_are_not_stopped_behind_a_starved_flu
     let client = cluster.client(0).await;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let busy = BusyProcesses::start(cores + 1);
-    let mut writers = Vec::new();
-    for w in 0..WRITERS {
-        let mut c = client.clone();
-        writers.push(tokio::spawn(async move {
-            for i in 0..PUTS_EACH {
-                let key = format!("busy/{w}/{i:03}");
-                let value = common::incompressible(VALUE_BYTES, (w * PUTS_EACH + i) as u64);
-                if let Err(e) = c.put(key.clone(), value, None).await {
-                    panic!("put {key} beside busy processes: {e}");
-                }
-            }
-        }));
-    }
-    for w in writers {
-        w.await.expect("a writer failed");
-    }
+    let count = common::put_large_values(&client, "busy", WRITERS, PUTS_EACH, VALUE_BYTES).await;
     drop(busy);
-    let mut c = client.clone();
-    let count = c.get("busy/", Some(GetOptions::new().with_prefix().with_count_only())).await.expect("count");
-    assert_eq!(count.count() as usize, WRITERS * PUTS_EACH);
+    assert_eq!(count, WRITERS * PUTS_EACH);
 }

@@ -845,3 +845,34 @@ pub fn incompressible(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// Puts `writers × puts_each` incompressible values of `value_bytes` under
+/// `prefix/<writer>/<n>` from `writers` concurrent tasks, each put once, and returns
+/// how many keys the prefix then holds. Panics, naming the key, on a failed put.
+pub async fn put_large_values(
+    client: &Client,
+    prefix: &str,
+    writers: usize,
+    puts_each: usize,
+    value_bytes: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (mut c, prefix) = (client.clone(), prefix.to_string());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..puts_each {
+                let key = format!("{prefix}/{w}/{i:03}");
+                let value = incompressible(value_bytes, (w * puts_each + i) as u64);
+                if let Err(e) = c.put(key.clone(), value, None).await {
+                    panic!("put {key}: {e}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("a writer failed");
+    }
+    let mut c = client.clone();
+    let count = c.get(format!("{prefix}/"), Some(GetOptions::new().with_prefix().with_count_only())).await;
+    count.expect("count the values put").count() as usize
+}
