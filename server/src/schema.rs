@@ -186,15 +186,11 @@ fn writes_held_back(db: &DB) -> bool {
 
 /// Sets the nice value of every RocksDB background thread of this process.
 fn renice_background_threads(nice: i32) -> std::io::Result<()> {
-    let mut found = 0;
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let task = task?;
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else { continue };
-        if !comm.starts_with("rocksdb:") {
-            continue;
-        }
-        found += 1;
+    let threads = rocksdb_threads()?;
+    if threads.is_empty() {
+        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no RocksDB background thread found by name"));
+    }
+    for (tid, _) in threads {
         // SAFETY: setpriority only reads its integer arguments; a thread that has
         // exited since the listing makes it fail with ESRCH, which is ignored.
         if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
@@ -204,10 +200,22 @@ fn renice_background_threads(nice: i32) -> std::io::Result<()> {
             }
         }
     }
-    if found == 0 {
-        return Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no RocksDB background thread found by name"));
-    }
     Ok(())
+}
+
+/// The thread ID and name of every RocksDB thread of this process (RocksDB names
+/// its pool threads `rocksdb:low`, `rocksdb:high`, ...).
+fn rocksdb_threads() -> std::io::Result<Vec<(libc::id_t, String)>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let task = task?;
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else { continue };
+        if comm.starts_with("rocksdb:") {
+            threads.push((tid, comm.trim().to_string()));
+        }
+    }
+    Ok(threads)
 }
 
 /// Bytes the state machine takes on disk (SST files plus memtables), and an estimate
@@ -341,19 +349,16 @@ mod tests {
 
     /// Nice values of this process's threads named `name`.
     fn nice_of_threads(name: &str) -> Vec<i64> {
-        let mut nice = Vec::new();
-        for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-            let task = task.expect("task entry").path();
-            let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-            if comm.trim() != name {
-                continue;
-            }
-            let stat = std::fs::read_to_string(task.join("stat")).expect("stat");
-            // Fields after the command's closing parenthesis; nice is the 19th field.
-            let after = &stat[stat.rfind(')').expect("comm in parentheses") + 2..];
-            nice.push(after.split(' ').nth(16).expect("nice field").parse().expect("nice"));
-        }
-        nice
+        let threads = rocksdb_threads().expect("list threads");
+        let named = threads.into_iter().filter(|(_, comm)| comm == name);
+        named
+            .filter_map(|(tid, _)| std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok())
+            .map(|stat| {
+                // Fields after the command's closing parenthesis; nice is the 19th field.
+                let after = &stat[stat.rfind(')').expect("comm in parentheses") + 2..];
+                after.split(' ').nth(16).expect("nice field").parse().expect("nice")
+            })
+            .collect()
     }
 
     #[test]
