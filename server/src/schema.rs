@@ -81,6 +81,20 @@ pub mod identity_keys {
 /// that the kernel writes a table back as it grows rather than all at once.
 pub const BACKGROUND_BYTES_PER_SYNC: u64 = 1 << 20;
 
+/// Memtable size of [`CF_KV`] and [`CF_HISTORY`]. Every put inserts into both at a
+/// random place of a skiplist, and the walk down a skiplist the size of RocksDB's
+/// default memtable (64 MiB) misses the CPU caches and the TLB at nearly every
+/// level: it was 15% of the machine's CPU under 64-client puts. At 16 MiB it is 8%,
+/// and the members' RSS drops by a third (benches/RESULTS.md, sixth session).
+pub const MVCC_MEMTABLE_BYTES: usize = 16 << 20;
+
+/// Memtables [`CF_KV`] and [`CF_HISTORY`] may each hold, the one being written and
+/// those waiting for their flush. Small memtables fill quickly under large values,
+/// so more of them may wait for a flush: RocksDB slows writes down once three wait
+/// and stops them at four (with RocksDB's default of two, it stops them as soon as
+/// one waits). Together they hold half of RocksDB's default two of 64 MiB.
+pub const MVCC_MEMTABLES_MAX: i32 = 4;
+
 /// Opens (creating if needed) the member's database with every column family.
 pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
@@ -91,7 +105,7 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     opts.set_keep_log_file_num(4);
     // Memtable flushes and compactions run at the lowest CPU priority (nice 19), so
     // that they take the CPU that requests leave idle rather than stall requests. A
-    // flush turns a whole memtable (64 MiB) into a table at once; on a busy machine
+    // flush turns a whole memtable (64 MiB, when this was measured) into a table at once; on a busy machine
     // at normal priority, the members' requests stalled for up to 400 ms while it
     // ran. Should flushes fall behind on a saturated machine, RocksDB holds writes
     // back until they catch up (its write stall), which frees the CPU they need; but
@@ -120,6 +134,10 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
         block.set_bloom_filter(10.0, false);
         cf_opts.set_block_based_table_factory(&block);
         cf_opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        if [CF_KV, CF_HISTORY].contains(name) {
+            cf_opts.set_write_buffer_size(MVCC_MEMTABLE_BYTES);
+            cf_opts.set_max_write_buffer_number(MVCC_MEMTABLES_MAX);
+        }
         ColumnFamilyDescriptor::new(*name, cf_opts)
     });
     Ok(Arc::new(DB::open_cf_descriptors(&opts, path, cfs)?))
@@ -359,6 +377,46 @@ mod tests {
                 after.split(' ').nth(16).expect("nice field").parse().expect("nice")
             })
             .collect()
+    }
+
+    /// `name = value` options of each column family in the newest OPTIONS file
+    /// RocksDB wrote into `dir`: `(cf, option) → value`.
+    fn persisted_cf_options(dir: &Path) -> std::collections::HashMap<(String, String), String> {
+        let newest = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("OPTIONS-"))
+            .max_by_key(|p| {
+                p.file_name().unwrap().to_string_lossy().trim_start_matches("OPTIONS-").parse::<u64>().unwrap()
+            })
+            .expect("RocksDB writes an OPTIONS file");
+        let mut options = std::collections::HashMap::new();
+        let mut section = None;
+        for line in std::fs::read_to_string(newest).unwrap().lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("[CFOptions \"").and_then(|l| l.strip_suffix("\"]")) {
+                section = Some(name.to_string());
+            } else if line.starts_with('[') {
+                section = None;
+            } else if let (Some(cf), Some((k, v))) = (&section, line.split_once('=')) {
+                options.insert((cf.clone(), k.to_string()), v.to_string());
+            }
+        }
+        options
+    }
+
+    #[test]
+    fn the_mvcc_column_families_have_small_memtables() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(dir.path()).unwrap();
+        drop(db);
+        let options = persisted_cf_options(dir.path());
+        let get = |cf: &str, k: &str| options.get(&(cf.to_string(), k.to_string())).cloned();
+        for name in [CF_KV, CF_HISTORY] {
+            assert_eq!(get(name, "write_buffer_size"), Some(MVCC_MEMTABLE_BYTES.to_string()), "{name}");
+            assert_eq!(get(name, "max_write_buffer_number"), Some(MVCC_MEMTABLES_MAX.to_string()), "{name}");
+        }
+        // The others keep RocksDB's default: their inserts land in order.
+        assert_eq!(get(CF_RAFT_LOG, "write_buffer_size"), Some((64usize << 20).to_string()));
     }
 
     #[test]
