@@ -8,6 +8,7 @@ use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 
 use crate::cluster::ServerKind;
+use crate::compare::median;
 use crate::report::RunResult;
 
 /// The font text is measured and drawn with (Debian's fonts-dejavu-core, which
@@ -31,8 +32,15 @@ fn panel<DB: DrawingBackend>(
 where
     DB::ErrorType: 'static,
 {
+    // The median over a comparison's rounds.
     let get = |case: &str, k: ServerKind| {
-        results.iter().find(|r| r.case == case && r.target == k.to_string()).map(&value).unwrap_or(0.0)
+        let values: Vec<f64> =
+            results.iter().filter(|r| r.case == case && r.target == k.to_string()).map(&value).collect();
+        if values.is_empty() {
+            0.0
+        } else {
+            median(&values)
+        }
     };
     let top = workloads.iter().flat_map(|w| SERVERS.iter().map(|&(k, _)| get(w, k))).fold(0.0, f64::max);
     let n = workloads.len() as f64;

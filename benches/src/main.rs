@@ -37,8 +37,9 @@ struct Cli {
 enum Cmd {
     /// Run workloads against running endpoints, or against a fresh local cluster (--cluster).
     Run(RunArgs),
-    /// Start a 3-member etcd cluster, then a 3-member Cairn cluster, run the same
-    /// workloads against each, and print Cairn/etcd ratios (JSON and SVG in --out).
+    /// Start a 3-member etcd cluster and a 3-member Cairn cluster, run every case
+    /// against both back to back, in rounds, and print the median Cairn/etcd ratios
+    /// (JSON and SVG in --out).
     Compare(compare::CompareArgs),
     /// Load many keys into each server, then measure range, watch catch-up from an
     /// old revision, restart time, memory and on-disk size.

@@ -54,6 +54,9 @@ pub struct WatchStats {
 pub struct RunResult {
     /// What was measured (`etcd`, `cairn`, or the `--label` of `run`).
     pub target: String,
+    /// Which round of a `compare` this run belongs to (1-based); absent for `run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round: Option<u32>,
     pub endpoints: Vec<String>,
     /// The workload with what distinguishes it: `put`, `range-serializable`,
     /// `put@500/s`, or a name given by `compare` (`put@half-etcd-peak`).
@@ -105,6 +108,7 @@ impl RunResult {
         }
         RunResult {
             target: target.to_string(),
+            round: None,
             endpoints: endpoints.to_vec(),
             case,
             workload,
@@ -133,8 +137,9 @@ pub fn results_table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<26} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
         "target",
+        "round",
         "case",
         "loop",
         "ok",
@@ -150,8 +155,9 @@ pub fn results_table(results: &[RunResult]) -> String {
     for r in results {
         let _ = writeln!(
             out,
-            "{:<8} {:<26} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9}",
+            "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9}",
             r.target,
+            r.round.map_or("-".into(), |n| n.to_string()),
             r.case,
             r.loop_mode,
             r.ops_ok,

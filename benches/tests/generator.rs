@@ -1,13 +1,15 @@
 //! The load generator against a real 3-member Cairn cluster: every request of a
-//! short run succeeds and the JSON it writes is well formed.
+//! short run succeeds and the JSON it writes is well formed. And a short `compare`
+//! against real etcd and Cairn clusters: rounds interleave the two servers and the
+//! ratios are medians over the rounds.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Bound for the whole generator run (cluster start, three short workloads, stop).
+/// Bound for a whole generator run (cluster start, a few short workloads, stop).
 const RUN_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// The `cairn` binary of this build (`target/<profile>/cairn`), built if missing.
@@ -30,6 +32,21 @@ fn cairn_binary() -> PathBuf {
     bin
 }
 
+/// Waits for a `cairn-bench` run, killing it after [`RUN_TIMEOUT`].
+fn wait_bounded(child: &mut Child) -> ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for cairn-bench") {
+            return status;
+        }
+        if started.elapsed() > RUN_TIMEOUT {
+            let _ = child.kill();
+            panic!("cairn-bench did not finish within {RUN_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
     let out = tempfile::tempdir().expect("temp dir");
@@ -45,17 +62,7 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start cairn-bench");
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for cairn-bench") {
-            break status;
-        }
-        if started.elapsed() > RUN_TIMEOUT {
-            let _ = child.kill();
-            panic!("cairn-bench did not finish within {RUN_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_bounded(&mut child);
     assert!(status.success(), "cairn-bench failed: {status}");
 
     let text = std::fs::read_to_string(&json).expect("the JSON results file exists");
@@ -105,4 +112,78 @@ fn refused_requests_are_counted_under_their_grpc_status() {
     let (message, count) = errors.iter().next().unwrap();
     assert_eq!(count, 6);
     assert!(message.starts_with("InvalidArgument: ") && message.contains("too large"), "{message}");
+}
+
+#[test]
+fn compare_interleaves_the_servers_in_rounds_and_reports_median_ratios() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--no-progress", "compare", "--cairn-bin"])
+        .arg(cairn_binary())
+        .args(["--workloads", "put", "--rounds", "2", "--settle", "0s", "--idle-wait-max", "10s"])
+        .args(["--duration", "2s", "--clients", "4", "--conns", "2", "--key-space", "100"])
+        .arg("--out")
+        .arg(out.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start cairn-bench");
+    let status = wait_bounded(&mut child);
+    assert!(status.success(), "cairn-bench compare failed: {status}");
+
+    let text = std::fs::read_to_string(out.path().join("compare.json")).expect("compare.json exists");
+    let comparison: Value = serde_json::from_str(&text).expect("compare.json is well-formed JSON");
+    assert!(out.path().join("compare.svg").exists(), "the chart is written");
+    let results = comparison["results"].as_array().expect("results");
+    let order: Vec<(u64, &str, &str)> = results
+        .iter()
+        .map(|r| (r["round"].as_u64().expect("round"), r["case"].as_str().unwrap(), r["target"].as_str().unwrap()))
+        .collect();
+    let half = "put@half-etcd-peak";
+    assert_eq!(
+        order,
+        [
+            (1, "put", "etcd"),
+            (1, "put", "cairn"),
+            (1, half, "etcd"),
+            (1, half, "cairn"),
+            (2, "put", "cairn"),
+            (2, "put", "etcd"),
+            (2, half, "cairn"),
+            (2, half, "etcd"),
+        ],
+        "each case runs against both servers back to back, etcd first in odd rounds"
+    );
+    for r in results {
+        assert!(r["ops_ok"].as_u64().unwrap() > 0, "{}", r["case"]);
+        assert_eq!(r["ops_failed"], 0, "{} against {}: {}", r["case"], r["target"], r["errors"]);
+    }
+    let find = |round: u64, case: &str, target: &str| {
+        results
+            .iter()
+            .find(|r| r["round"] == round && r["case"] == case && r["target"] == target)
+            .expect("every round has every case against both")
+    };
+    let throughput = |r: &Value| r["throughput_ops_per_second"].as_f64().unwrap();
+    for round in [1, 2] {
+        let etcd_peak = throughput(find(round, "put", "etcd"));
+        let rate = find(round, half, "cairn")["spec"]["rate"].as_f64().expect("the half-peak case is open loop");
+        assert!((rate - etcd_peak / 2.0).abs() < 1e-6, "round {round}: half of that round's etcd peak");
+    }
+
+    let ratios = comparison["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 2, "one ratio per case: {ratios:?}");
+    for ratio in ratios {
+        let case = ratio["case"].as_str().unwrap();
+        let by_round: Vec<f64> =
+            ratio["throughput_by_round"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let expected: Vec<f64> =
+            [1, 2].iter().map(|&n| throughput(find(n, case, "cairn")) / throughput(find(n, case, "etcd"))).collect();
+        assert_eq!(by_round.len(), 2, "{case}");
+        for (got, want) in by_round.iter().zip(&expected) {
+            assert!((got - want).abs() < 1e-9, "{case}: each round's Cairn result over that round's etcd result");
+        }
+        let median = (expected[0] + expected[1]) / 2.0;
+        assert!((ratio["throughput"].as_f64().unwrap() - median).abs() < 1e-9, "{case}: the median of the rounds");
+        assert_eq!(ratio["p99_by_round"].as_array().unwrap().len(), 2, "{case}");
+    }
 }
