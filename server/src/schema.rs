@@ -84,8 +84,9 @@ pub const BACKGROUND_BYTES_PER_SYNC: u64 = 1 << 20;
 /// Memtable size of [`CF_KV`] and [`CF_HISTORY`]. Every put inserts into both at a
 /// random place of a skiplist, and the walk down a skiplist the size of RocksDB's
 /// default memtable (64 MiB) misses the CPU caches and the TLB at nearly every
-/// level: it was 15% of the machine's CPU under 64-client puts. At 16 MiB it is 8%,
-/// and the members' RSS drops by a third (benches/RESULTS.md, sixth session).
+/// level: it was 15% of the machine's CPU under 64-client puts, and 8% with 8 MiB
+/// memtables (16 MiB gave the same throughput and holds more large values); the
+/// members' RSS drops by a third (benches/RESULTS.md, sixth session).
 pub const MVCC_MEMTABLE_BYTES: usize = 16 << 20;
 
 /// Memtables [`CF_KV`] and [`CF_HISTORY`] may each hold, the one being written and
@@ -105,9 +106,9 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     opts.set_keep_log_file_num(4);
     // Memtable flushes and compactions run at the lowest CPU priority (nice 19), so
     // that they take the CPU that requests leave idle rather than stall requests. A
-    // flush turns a whole memtable (64 MiB, when this was measured) into a table at once; on a busy machine
-    // at normal priority, the members' requests stalled for up to 400 ms while it
-    // ran. Should flushes fall behind on a saturated machine, RocksDB holds writes
+    // flush turns a whole memtable (64 MiB when this was measured) into a table at
+    // once; on a busy machine at normal priority, the members' requests stalled for
+    // up to 400 ms while it ran. Should flushes fall behind on a saturated machine, RocksDB holds writes
     // back until they catch up (its write stall), which frees the CPU they need; but
     // if other processes keep every core busy, that stall lasts until they yield.
     // [`spawn_stall_guard`] raises them while writes wait for them. This is RocksDB's

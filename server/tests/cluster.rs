@@ -254,6 +254,24 @@ async fn five_members_survive_two_failures() {
     }
 }
 
+/// The `cairn` binary allocates with jemalloc and returns freed memory on a timer:
+/// jemalloc's background purge thread runs in the process (set by the binary's
+/// `malloc_conf`; without it an idle member keeps the memory of its last burst).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_returns_freed_memory_from_a_background_thread() {
+    if common::is_etcd() {
+        return;
+    }
+    let cluster = Cluster::start(1).await;
+    let pid = cluster.pid(0).expect("the member runs");
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("list the member's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(names.iter().any(|n| n == "jemalloc_bg_thd"), "no jemalloc background thread among {names:?}");
+}
+
 /// Large writes after an idle spell do not time out behind the flushes of the
 /// storage engine's memtables: after 12 s without writes, 192 MiB of 1 MiB puts (three
 /// 64 MiB memtables' worth) all succeed. With RocksDB's auto-tuned rate limiter, which
