@@ -1,7 +1,9 @@
 //! Raft paths the other suites do not reach: a member that fell behind the
 //! purged log catches up from a snapshot, opt-in lease reads stay linearizable
 //! (both Cairn-only: skipped against etcd), concurrent writes share log entries
-//! (Cairn-only), and large values replicate.
+//! (Cairn-only), large values replicate, and a follower's ReadIndex request
+//! confirms the leadership by itself with three members but not with five
+//! (Cairn-only).
 
 mod common;
 
@@ -95,11 +97,74 @@ async fn concurrent_large_values_replicate_to_every_member() {
     }
 }
 
+/// The value of the metric series `series` (name and labels, as exported) of the
+/// member at `endpoint`, if it has that series.
+async fn metric(endpoint: &str, series: &str) -> Option<u64> {
+    let Some((200, body)) = http_get(endpoint, "/metrics").await else { panic!("GET {endpoint}/metrics failed") };
+    let line = body.lines().find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))?;
+    Some(line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).expect("a number") as u64)
+}
+
 /// `cairn_server_last_log_index` of the member at `endpoint`.
 async fn last_log_index(endpoint: &str) -> u64 {
-    let Some((200, body)) = http_get(endpoint, "/metrics").await else { panic!("GET {endpoint}/metrics failed") };
-    let line = body.lines().find(|l| l.starts_with("cairn_server_last_log_index ")).expect("last log index metric");
-    line.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()).expect("a number") as u64
+    metric(endpoint, "cairn_server_last_log_index").await.expect("last log index metric")
+}
+
+/// Writes through each member in turn, each followed by a linearizable read through
+/// every follower that must see it; returns how the leader confirmed the followers'
+/// ReadIndex requests: (by the request itself, by a quorum round).
+async fn follower_reads(cluster: &Cluster, rounds: usize) -> (u64, u64) {
+    let leader = cluster.wait_for_leader().await;
+    let followers: Vec<usize> = (0..cluster.size()).filter(|&i| i != leader).collect();
+    let mut writers = Vec::new();
+    for i in 0..cluster.size() {
+        writers.push(cluster.client(i).await);
+    }
+    let mut readers = Vec::new();
+    for &i in &followers {
+        readers.push(cluster.client(i).await);
+    }
+    for round in 0..rounds {
+        let value = format!("v{round}");
+        let writer = &mut writers[round % cluster.size()];
+        let rev = ok("put", writer.put("follower-read/k", value.as_str(), None)).await.header().unwrap().revision();
+        for r in readers.iter_mut() {
+            let got = ok("get", r.get("follower-read/k", None)).await;
+            assert_eq!(got.kvs()[0].value(), value.as_bytes(), "a linearizable read missed an acknowledged write");
+            assert!(got.header().unwrap().revision() >= rev);
+        }
+    }
+    assert_eq!(cluster.wait_for_leader().await, leader, "the leader changed during the test");
+    // A counter appears with its first count.
+    let served = |by: &str| format!("cairn_server_read_index_served_total{{confirmed_by=\"{by}\"}}");
+    let endpoint = cluster.endpoint(leader);
+    let request = metric(&endpoint, &served("request")).await.unwrap_or(0);
+    (request, metric(&endpoint, &served("round")).await.unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_three_members_a_followers_read_index_request_confirms_the_leadership_itself() {
+    if is_etcd() {
+        return;
+    }
+    const ROUNDS: usize = 30;
+    let cluster = Cluster::start(3).await;
+    let (by_request, _) = follower_reads(&cluster, ROUNDS).await;
+    // Sequential reads: each follower's read asked the leader once.
+    assert!(by_request >= 2 * ROUNDS as u64, "only {by_request} ReadIndex requests were confirmed by themselves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_five_members_a_followers_read_index_request_waits_for_a_quorum_round() {
+    if is_etcd() {
+        return;
+    }
+    const ROUNDS: usize = 10;
+    let cluster = Cluster::start(5).await;
+    let (by_request, by_round) = follower_reads(&cluster, ROUNDS).await;
+    // A follower and the leader are two of five: no quorum.
+    assert_eq!(by_request, 0, "a ReadIndex request was confirmed without a quorum");
+    assert!(by_round >= 4 * ROUNDS as u64, "only {by_round} ReadIndex requests were served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,9 @@ pub struct Network {
     pub peer_round_trip_time_seconds: HistogramVec,
     /// Requests this member sent to the leader instead of serving them itself.
     pub forwarded_total: IntCounterVec,
+    /// On the leader: followers' ReadIndex requests, by how the leadership was
+    /// confirmed (`request`: by the request itself; `round`: by a quorum round).
+    pub read_index_served_total: IntCounterVec,
 }
 
 /// Client requests, with go-grpc-prometheus's names and labels.
@@ -289,6 +292,12 @@ impl Metrics {
                     "cairn_server_forwarded_requests_total",
                     "Calls to the leader for requests not served here, by kind (Forward, Lease, ReadIndex); one Forward call carries a batch of writes, one ReadIndex call serves every read waiting for it.",
                     &["type"],
+                ),
+                read_index_served_total: counter_vec(
+                    r,
+                    "cairn_server_read_index_served_total",
+                    "On the leader: followers' ReadIndex requests answered, by how leadership was confirmed (request: the follower's request counted as its confirmation; round: a quorum round).",
+                    &["confirmed_by"],
                 ),
             },
             grpc: Grpc {

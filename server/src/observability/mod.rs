@@ -91,6 +91,13 @@ where
     result
 }
 
+/// Counts a follower's ReadIndex request answered on the leader, confirmed by the
+/// request itself or by a quorum round.
+pub fn read_index_served(by_request: bool) {
+    let by = if by_request { "request" } else { "round" };
+    metrics().network.read_index_served_total.with_label_values(&[by]).inc();
+}
+
 /// Observes the round trip of a Raft call to `target` if it is a heartbeat (carries
 /// no entries) and succeeds.
 pub async fn heartbeat<T, E, F>(target: u64, is_heartbeat: bool, call: F) -> Result<T, E>

@@ -28,6 +28,14 @@
 //! process: a committed vote for itself. Until it saves another vote, every append
 //! it does is its own. (A member that resumes leadership after a restart, without
 //! an election, acknowledges after the fsync until the next election.)
+//!
+//! # Standing
+//!
+//! What the store last saved of the member's place in the cluster (its vote and
+//! the commit index) is also kept in memory, as a [`Standing`] that
+//! ReadIndex reads (see [`RaftNode`](super::RaftNode)). openraft saves a vote before
+//! it answers a vote request or asks for votes, so a member whose saved vote is for
+//! a leader has not helped elect any later one.
 
 use std::fmt::Debug;
 use std::io;
@@ -35,7 +43,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
-use openraft::{StorageIOError, Vote};
+use openraft::{LeaderId, StorageIOError, Vote};
 use rocksdb::{WriteBatch, WriteOptions, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -96,6 +104,49 @@ impl LogSynced {
     }
 }
 
+/// What a member's log store saved last, as of one moment (see the module
+/// documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Standing {
+    /// The vote saved last (read back at start).
+    pub vote: Option<Vote<NodeId>>,
+    /// `vote` was saved by this process, not read back at start.
+    pub vote_saved_here: bool,
+    /// The commit index openraft saved last in this process.
+    pub committed: Option<LogId>,
+}
+
+impl Standing {
+    /// The leader ID under which member `id` leads: the vote it saved in this
+    /// process, if that is committed and for itself.
+    pub fn leading(&self, id: NodeId) -> Option<LeaderId<NodeId>> {
+        let own = |v: &Vote<NodeId>| v.is_committed() && v.leader_id().node_id == id;
+        self.vote.filter(|v| self.vote_saved_here && own(v)).map(|v| *v.leader_id())
+    }
+
+    /// As the leader `id`, an index at or above every entry committed so far: its
+    /// commit index, once that is an entry of its own term (a leader commits only
+    /// those, and every entry before one is committed too). `None` if `id` does
+    /// not lead, or has not committed an entry of its term yet (then an entry an
+    /// earlier leader committed may lie beyond its commit index).
+    pub fn read_index(&self, id: NodeId) -> Option<u64> {
+        let leading = self.leading(id)?;
+        self.committed.filter(|c| c.leader_id.term == leading.term).map(|c| c.index)
+    }
+}
+
+/// Reads a log store's [`Standing`]; cheap to clone, and does not keep the store
+/// open.
+#[derive(Clone)]
+pub struct StandingView(Arc<Mutex<Standing>>);
+
+impl StandingView {
+    /// The standing as of now.
+    pub fn get(&self) -> Standing {
+        *self.0.lock().expect("standing lock")
+    }
+}
+
 /// The log store; cheap to clone (a clone is also its log reader). The group-commit
 /// thread stops and is joined when the last clone is dropped.
 #[derive(Clone)]
@@ -104,9 +155,8 @@ pub struct LogStore {
     id: NodeId,
     syncer: Arc<Worker<mpsc::Sender<PendingSync>>>,
     synced: Arc<watch::Sender<Durable>>,
-    /// The leader ID under which this member leads, while the last vote it saved is
-    /// its own committed vote.
-    leading: Arc<Mutex<Option<openraft::LeaderId<NodeId>>>>,
+    /// What was saved last of the member's vote, commit index and log.
+    standing: Arc<Mutex<Standing>>,
     /// The commit index openraft saved last, if not written yet: it goes into the
     /// next append's batch (see [`RaftLogStorage::save_committed`] below).
     unwritten_committed: Arc<Mutex<Option<Option<LogId>>>>,
@@ -128,6 +178,8 @@ impl LogStore {
         sync: impl FnMut() -> Result<(), E> + Send + 'static,
     ) -> Result<Self, rocksdb::Error> {
         let last = last_entry_log_id(&db)?;
+        let vote = get_state(&db, raft_state_keys::VOTE)?;
+        let standing = Standing { vote, vote_saved_here: false, committed: None };
         let synced = Arc::new(watch::channel(Durable::Upto(last.map_or(0, |l| l.index))).0);
         let (pending, mut rx) = mpsc::channel::<PendingSync>(LOG_FLUSH_BATCH_MAX);
         let syncer_synced = synced.clone();
@@ -137,7 +189,7 @@ impl LogStore {
             id,
             syncer: Arc::new(syncer),
             synced,
-            leading: Arc::default(),
+            standing: Arc::new(Mutex::new(standing)),
             unwritten_committed: Arc::default(),
         })
     }
@@ -145,6 +197,11 @@ impl LogStore {
     /// Follows how much of the log is durable.
     pub fn synced(&self) -> LogSynced {
         LogSynced(self.synced.subscribe())
+    }
+
+    /// Reads what the store saved last of the member's vote, commit index and log.
+    pub fn standing(&self) -> StandingView {
+        StandingView(self.standing.clone())
     }
 
     /// What [`RaftLogStorage::append`] does, with any completion callback: writes
@@ -161,7 +218,7 @@ impl LogStore {
             let e = io::Error::other("an earlier fsync of the raft log failed");
             return Err(StorageIOError::write_logs(&e).into());
         }
-        let leading = *self.leading.lock().expect("leading lock");
+        let leading = self.standing.lock().expect("standing lock").leading(self.id);
         let cf = schema::cf(&self.db, CF_RAFT_LOG);
         let mut batch = WriteBatch::default();
         let (mut last_index, mut own) = (0, leading.is_some());
@@ -195,11 +252,7 @@ impl LogStore {
     }
 
     fn get_state<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, rocksdb::Error> {
-        let bytes = self.db.get_cf(schema::cf(&self.db, CF_RAFT_STATE), key)?;
-        Ok(bytes.map(|b| {
-            bincode::deserialize(&b)
-                .unwrap_or_else(|e| panic!("corrupt raft state {}: {e}", String::from_utf8_lossy(key)))
-        }))
+        get_state(&self.db, key)
     }
 
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), rocksdb::Error> {
@@ -213,6 +266,13 @@ impl LogStore {
         batch.put_cf(schema::cf(&self.db, CF_RAFT_STATE), key, encode(value));
         self.write(batch, sync)
     }
+}
+
+fn get_state<T: DeserializeOwned>(db: &DB, key: &[u8]) -> Result<Option<T>, rocksdb::Error> {
+    let bytes = db.get_cf(schema::cf(db, CF_RAFT_STATE), key)?;
+    Ok(bytes.map(|b| {
+        bincode::deserialize(&b).unwrap_or_else(|e| panic!("corrupt raft state {}: {e}", String::from_utf8_lossy(key)))
+    }))
 }
 
 fn last_entry_log_id(db: &DB) -> Result<Option<LogId>, rocksdb::Error> {
@@ -321,8 +381,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         self.put_state(raft_state_keys::VOTE, vote, true).map_err(|e| StorageIOError::write_vote(&e))?;
-        let own = vote.is_committed() && vote.leader_id().node_id == self.id;
-        *self.leading.lock().expect("leading lock") = own.then_some(*vote.leader_id());
+        // Only now, once it is durable: openraft answers the request that changed
+        // the vote after this returns.
+        let mut standing = self.standing.lock().expect("standing lock");
+        (standing.vote, standing.vote_saved_here) = (Some(*vote), true);
         Ok(())
     }
 
@@ -340,6 +402,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         crate::observability::committed(committed.map(|l| l.index));
         *self.unwritten_committed.lock().expect("committed lock") = Some(committed);
+        self.standing.lock().expect("standing lock").committed = committed;
         Ok(())
     }
 
@@ -529,7 +592,48 @@ mod tests {
             assert!(acked.await.expect("acknowledged").is_ok(), "case {i}");
             assert_eq!(synced.now(), Durable::Upto(index), "case {i}: durable when acknowledged");
         }
-        assert_eq!(*store.leading.lock().unwrap(), None);
+        assert_eq!(store.standing().get().leading(1), None);
+    }
+
+    #[tokio::test]
+    async fn the_standing_follows_what_the_store_saves() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let db = schema::open_db(&dir.path().join("db")).expect("open RocksDB");
+        let mut store = LogStore::open(db.clone(), 1).expect("log store");
+        let view = store.standing();
+        assert_eq!(view.get(), Standing::default(), "an empty store");
+
+        store.save_vote(&Vote::new(2, 1)).await.expect("save vote");
+        assert_eq!(view.get().vote, Some(Vote::new(2, 1)));
+        assert_eq!(view.get().leading(1), None, "a candidate does not lead");
+
+        store.save_vote(&Vote::new_committed(2, 1)).await.expect("save vote");
+        assert_eq!(view.get().leading(1), Some(LeaderId::new(2, 1)));
+        assert_eq!(view.get().leading(3), None, "member 3 does not lead");
+        // Elected knowing entries up to 5 (of term 1) committed.
+        store.save_committed(Some(log_id(1, 3, 5))).await.expect("save");
+        assert_eq!(view.get().committed, Some(log_id(1, 3, 5)));
+        assert_eq!(view.get().read_index(1), None, "nothing of its term committed yet");
+        store.save_committed(Some(log_id(2, 1, 8))).await.expect("save");
+        assert_eq!(view.get().read_index(1), Some(8), "an entry of its term committed: the commit index");
+
+        store.save_vote(&Vote::new(3, 2)).await.expect("save vote");
+        assert_eq!(view.get().read_index(1), None, "having voted for another, it no longer leads");
+
+        drop(store);
+        let reopened = LogStore::open(db, 1).expect("log store");
+        let standing = reopened.standing().get();
+        assert_eq!(standing.vote, Some(Vote::new(3, 2)), "the vote is read back at start");
+        assert!(!standing.vote_saved_here);
+    }
+
+    #[test]
+    fn a_vote_read_back_at_start_does_not_make_the_member_lead() {
+        let committed = Some(log_id(2, 1, 4));
+        let standing = Standing { vote: Some(Vote::new_committed(2, 1)), committed, ..Standing::default() };
+        assert_eq!(standing.leading(1), None);
+        assert_eq!(standing.read_index(1), None);
+        assert_eq!(Standing { vote_saved_here: true, ..standing }.read_index(1), Some(4));
     }
 
     #[tokio::test]

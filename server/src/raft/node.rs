@@ -14,9 +14,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::time::{timeout, Instant};
 
+use super::log_store::StandingView;
 use super::network::{PeerCallError, PeerRpc};
 use super::proposal_batch::ProposalBatcher;
-use super::read_index::ReadBatcher;
+use super::read_index::{self, ReadBatcher};
 use super::status::{self, RaftStatus, StatusFeed};
 use super::{LeaseCall, LeaseLeader, LogStore, LogSynced, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
@@ -74,6 +75,9 @@ pub struct RaftNode {
     pub(super) settings: RaftSettings,
     local_reads: Arc<ReadBatcher>,
     leader_reads: Arc<ReadBatcher>,
+    /// What the log store saved last: this member's vote, commit index and last
+    /// entry, for ReadIndex.
+    standing: StandingView,
     /// Role, leader and applied index, published only when they change.
     feed: StatusFeed,
     /// Client commands waiting to be proposed together, with the index of the entry
@@ -119,6 +123,7 @@ impl RaftNode {
         .validate()?;
         let log = LogStore::open(db, id)?;
         let log_synced = log.synced();
+        let standing = log.standing();
         let net = PeerNetwork::new(cluster_id, id, log_synced.clone());
         let sm = StateMachine::new(store.clone(), snapshot_dir)?.gated_by(log_synced.clone());
         let raft = Raft::new(id, Arc::new(config), net.clone(), log, sm).await?;
@@ -136,6 +141,7 @@ impl RaftNode {
             settings,
             local_reads: Arc::default(),
             leader_reads: Arc::default(),
+            standing,
             feed,
             proposal_batch: Arc::new(ProposalBatcher::new(PROPOSALS_IN_FLIGHT_MAX)),
             forwards: Arc::new(ProposalBatcher::new(FORWARDS_IN_FLIGHT_MAX)),
@@ -433,8 +439,9 @@ impl RaftNode {
     /// A read index from a ReadIndex round that started after this call.
     ///
     /// On the leader, local reads join the rounds that also serve the followers'
-    /// ReadIndex calls: one quorum round trip (a heartbeat to every follower) then
-    /// serves both, where two streams of rounds would each send their own. On a
+    /// ReadIndex calls that need one (see [`RaftNode::serve_read_index`]): one
+    /// quorum round trip (a heartbeat to every follower) then serves both, where
+    /// two streams of rounds would each send their own. On a
     /// follower, on a leader that has just lost its leadership, and on one whose
     /// round missed its quorum, the member's own rounds ask the leader (and retry
     /// until the request times out).
@@ -481,9 +488,12 @@ impl RaftNode {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     if let (Some(leader), Some(node)) = (f.leader_id, f.leader_node) {
                         let left = deadline.saturating_duration_since(Instant::now());
+                        // Read now, after every read of this round arrived: the leader
+                        // may count it as this member's confirmation of its leadership.
+                        let vote = self.standing.get().vote;
                         let answer = self
                             .net
-                            .call::<_, Result<u64, RaftNodeError>>(leader, &node, PeerRpc::ReadIndex, &(), left)
+                            .call::<_, Result<u64, RaftNodeError>>(leader, &node, PeerRpc::ReadIndex, &vote, left)
                             .await;
                         match answer {
                             Ok(Ok(index)) => return Ok(index),
@@ -500,6 +510,41 @@ impl RaftNode {
             }
             tokio::time::sleep(Duration::from_millis(self.settings.heartbeat_interval_ms)).await;
         }
+    }
+
+    /// Answers member `requester`'s ReadIndex request, which carries the vote it had
+    /// saved when it sent it (`None` from a member that sends none).
+    ///
+    /// If that vote is for this leader's term, and this leader and the requester
+    /// together hold a majority of the membership (of both halves of a joint one),
+    /// the request itself confirms the leadership, and the answer needs no round:
+    /// see [`read_index`](super::read_index) for why that is safe. In a
+    /// three-member cluster this is every voting follower's request, except just
+    /// after an election. Otherwise it joins a round.
+    pub async fn serve_read_index(
+        &self,
+        requester: NodeId,
+        vote: Option<openraft::Vote<NodeId>>,
+    ) -> Result<u64, RaftNodeError> {
+        if let Some(index) = vote.and_then(|vote| self.confirmed_read_index(requester, vote)) {
+            crate::observability::read_index_served(true);
+            return Ok(index);
+        }
+        let answer = self.leader_read_index().await;
+        if answer.is_ok() {
+            crate::observability::read_index_served(false);
+        }
+        answer
+    }
+
+    /// This leader's read index, if `requester`'s vote `vote` and this member
+    /// together confirm that it leads.
+    fn confirmed_read_index(&self, requester: NodeId, vote: openraft::Vote<NodeId>) -> Option<u64> {
+        let standing = self.standing.get();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let configs = m.membership_config.membership().get_joint_config();
+        read_index::confirmed_by_request(&standing, self.id, requester, &vote, configs)
     }
 
     /// A ReadIndex round for a follower, the lessor, or a local read on the leader:

@@ -94,8 +94,14 @@ impl PeerService {
                 Ok(self.reply(&results))
             }
             PeerRpc::ReadIndex => {
-                let (_, ()) = self.open(msg)?;
-                Ok(self.reply(&self.node.leader_read_index().await))
+                // A member of an earlier version sends no vote: an empty payload.
+                let (from, vote) = if msg.payload.is_empty() {
+                    let (from, ()) = self.open(msg)?;
+                    (from, None)
+                } else {
+                    self.open(msg)?
+                };
+                Ok(self.reply(&self.node.serve_read_index(from, vote).await))
             }
             PeerRpc::Lease => {
                 let (_, call): (_, LeaseCall) = self.open(msg)?;
@@ -175,5 +181,24 @@ impl Peer for PeerService {
             })
         });
         Ok(Response::new(super::pipe::serve(req.into_inner(), handler, self.stop.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::Vote;
+
+    use super::NodeId;
+
+    /// Members of different versions during a rolling upgrade: an earlier member
+    /// sends ReadIndex requests with no vote, and decodes a request as `()`.
+    #[test]
+    fn read_index_requests_decode_across_versions() {
+        let earlier = bincode::serialize(&()).unwrap();
+        assert!(earlier.is_empty(), "an earlier member's request is recognised by its empty payload");
+        let later = bincode::serialize(&Some(Vote::<NodeId>::new_committed(3, 1))).unwrap();
+        bincode::deserialize::<()>(&later).expect("an earlier leader ignores the vote");
+        let none = bincode::serialize(&None::<Vote<NodeId>>).unwrap();
+        assert!(!none.is_empty(), "a later member without a vote is not taken for an earlier one");
     }
 }
