@@ -168,11 +168,13 @@ pub fn spawn_stall_guard(db: Weak<DB>) -> std::io::Result<std::thread::JoinHandl
     std::thread::Builder::new().name("cairn-stall-guard".into()).spawn(move || {
         let mut raised = false;
         let mut warned = false;
+        let mut seen = StallSeen::default();
         loop {
             std::thread::sleep(STALL_CHECK_INTERVAL);
             let Some(db) = db.upgrade() else { return };
             let stalled = writes_held_back(&db);
             drop(db);
+            seen.checked(stalled, STALL_CHECK_INTERVAL);
             if stalled == raised {
                 continue;
             }
@@ -195,6 +197,29 @@ pub fn spawn_stall_guard(db: Weak<DB>) -> std::io::Result<std::thread::JoinHandl
             }
         }
     })
+}
+
+/// What the stall guard's checks have seen, exported as the `cairn_disk_write_stall*`
+/// metrics.
+#[derive(Default)]
+struct StallSeen {
+    stalled: bool,
+}
+
+impl StallSeen {
+    /// Records a check, `interval` after the previous one, that found writes held
+    /// back (`stalled`) or not.
+    fn checked(&mut self, stalled: bool, interval: Duration) {
+        let disk = &crate::observability::metrics().disk;
+        if stalled {
+            if !self.stalled {
+                disk.write_stalls_total.inc();
+            }
+            disk.write_stall_seconds_total.inc_by(interval.as_secs_f64());
+        }
+        disk.write_stalled.set(i64::from(stalled));
+        self.stalled = stalled;
+    }
 }
 
 /// Whether RocksDB stops or slows writes now (its write stall).
@@ -455,6 +480,26 @@ mod tests {
             let nice = nice_of_threads(pool);
             assert!(nice.iter().all(|n| *n == 19), "{pool} threads not all back at nice 19: {nice:?}");
         }
+    }
+
+    #[test]
+    fn the_stall_metrics_count_stalls_and_the_time_writes_were_held_back() {
+        let disk = &crate::observability::metrics().disk;
+        let (stalls, seconds) = (disk.write_stalls_total.get(), disk.write_stall_seconds_total.get());
+        let mut seen = StallSeen::default();
+        let interval = Duration::from_millis(100);
+        seen.checked(false, interval);
+        assert_eq!(disk.write_stalled.get(), 0);
+        seen.checked(true, interval);
+        seen.checked(true, interval);
+        assert_eq!(disk.write_stalled.get(), 1, "stalled while the checks find writes held back");
+        seen.checked(false, interval);
+        seen.checked(true, interval);
+        seen.checked(false, interval);
+        assert_eq!(disk.write_stalled.get(), 0);
+        assert_eq!(disk.write_stalls_total.get() - stalls, 2, "two stalls began");
+        let held = disk.write_stall_seconds_total.get() - seconds;
+        assert!((held - 0.3).abs() < 1e-9, "three checks found writes held back: {held} s");
     }
 
     #[test]

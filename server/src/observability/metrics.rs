@@ -5,7 +5,7 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    exponential_buckets, Counter, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -34,6 +34,12 @@ pub struct Disk {
     pub wal_fsync_seconds: Histogram,
     /// One observation per state-machine batch written to RocksDB (one per applied command).
     pub backend_commit_seconds: Histogram,
+    /// 1 while RocksDB stops or slows writes (its write stall), as last checked.
+    pub write_stalled: IntGauge,
+    /// Write stalls seen to begin.
+    pub write_stalls_total: IntCounter,
+    /// Time writes were seen held back, in whole check intervals.
+    pub write_stall_seconds_total: Counter,
 }
 
 /// The key space.
@@ -167,6 +173,17 @@ impl Metrics {
                     "cairn_disk_backend_commit_duration_seconds",
                     "Latency of state-machine batch writes to RocksDB.",
                     latency(),
+                ),
+                write_stalled: gauge(
+                    r,
+                    "cairn_disk_write_stalled",
+                    "1 while RocksDB stops or slows writes (a write stall: flushes or compactions behind), as last checked.",
+                ),
+                write_stalls_total: counter(r, "cairn_disk_write_stalls_total", "RocksDB write stalls seen to begin."),
+                write_stall_seconds_total: float_counter(
+                    r,
+                    "cairn_disk_write_stall_seconds_total",
+                    "Time RocksDB was seen stopping or slowing writes, in whole intervals of the stall guard's checks.",
                 ),
             },
             mvcc: Mvcc {
@@ -390,6 +407,10 @@ fn gauge_vec(r: &mut Names, name: &'static str, help: &str, labels: &[&str]) -> 
 
 fn counter(r: &mut Names, name: &'static str, help: &str) -> IntCounter {
     r.add(name, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn float_counter(r: &mut Names, name: &'static str, help: &str) -> Counter {
+    r.add(name, Counter::new(name, help).expect("valid metric"))
 }
 
 fn counter_vec(r: &mut Names, name: &'static str, help: &str, labels: &[&str]) -> IntCounterVec {
