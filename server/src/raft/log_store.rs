@@ -155,7 +155,7 @@ pub struct LogStore {
     id: NodeId,
     syncer: Arc<Worker<mpsc::Sender<PendingSync>>>,
     synced: Arc<watch::Sender<Durable>>,
-    /// What was saved last of the member's vote, commit index and log.
+    /// What was saved last of the member's vote and commit index.
     standing: Arc<Mutex<Standing>>,
     /// The commit index openraft saved last, if not written yet: it goes into the
     /// next append's batch (see [`RaftLogStorage::save_committed`] below).
@@ -199,7 +199,7 @@ impl LogStore {
         LogSynced(self.synced.subscribe())
     }
 
-    /// Reads what the store saved last of the member's vote, commit index and log.
+    /// Reads what the store saved last of the member's vote and commit index.
     pub fn standing(&self) -> StandingView {
         StandingView(self.standing.clone())
     }

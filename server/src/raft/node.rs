@@ -75,8 +75,8 @@ pub struct RaftNode {
     pub(super) settings: RaftSettings,
     local_reads: Arc<ReadBatcher>,
     leader_reads: Arc<ReadBatcher>,
-    /// What the log store saved last: this member's vote, commit index and last
-    /// entry, for ReadIndex.
+    /// What the log store saved last: this member's vote and commit index, for
+    /// ReadIndex.
     standing: StandingView,
     /// Role, leader and applied index, published only when they change.
     feed: StatusFeed,

@@ -111,8 +111,8 @@ pub(crate) fn confirmed_by_request(
     standing.read_index(leader)
 }
 
-/// Whether members `a` and `b` (distinct) are a quorum of every configuration of a
-/// membership (one, or two while it is joint).
+/// Whether members `a` and `b` (distinct) together hold a majority of every
+/// configuration of a membership (one, or two while it is joint).
 fn pair_is_quorum(configs: &[BTreeSet<NodeId>], a: NodeId, b: NodeId) -> bool {
     a != b
         && !configs.is_empty()
