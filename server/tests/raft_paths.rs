@@ -2,13 +2,18 @@
 //! purged log catches up from a snapshot, opt-in lease reads stay linearizable
 //! (both Cairn-only: skipped against etcd), concurrent writes share log entries
 //! (Cairn-only), large values replicate, and a follower's ReadIndex request
-//! confirms the leadership by itself with three members but not with five
+//! confirms the leadership by itself with three members but not with five, nor
+//! without a vote for the leader's term, as a member of an earlier version sends
 //! (Cairn-only).
 
 mod common;
 
+use cairn_proto::peer::peer_client::PeerClient;
+use cairn_proto::peer::PeerMessage;
+use cairn_server::raft::RaftNodeError;
 use common::{http_get, is_etcd, ok, Cluster};
 use etcd_client::GetOptions;
+use openraft::Vote;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_member_catches_up_from_a_snapshot() {
@@ -203,4 +208,49 @@ async fn concurrent_writes_share_log_entries_and_each_gets_its_own_revision() {
     assert!(entries < WRITES as u64, "{WRITES} concurrent writes took {entries} log entries: none were batched");
     let got = ok("get", cluster.client(follower).await.get("batched/", Some(GetOptions::new().with_prefix()))).await;
     assert_eq!(got.kvs().len(), WRITES, "every write is readable through the follower");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_confirms_a_read_index_request_by_itself_only_with_a_vote_for_its_term() {
+    if is_etcd() {
+        return;
+    }
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    // Commits an entry of the leader's term.
+    let put = ok("put", cluster.client(leader).await.put("peer-read/k", "v", None)).await;
+    let (cluster_id, term) = (put.header().unwrap().cluster_id(), put.header().unwrap().raft_term());
+    let member_id = |status: etcd_client::StatusResponse| status.header().unwrap().member_id();
+    let leader_id = member_id(ok("status", cluster.client(leader).await.status()).await);
+    let follower_id = member_id(ok("status", cluster.client(follower).await.status()).await);
+
+    // ReadIndex calls to the leader's peer port, as the follower sends them.
+    let mut peer = PeerClient::connect(cluster.peer_url(leader)).await.expect("connect to the leader's peer port");
+    let endpoint = cluster.endpoint(leader);
+    let served = |by: &str| format!("cairn_server_read_index_served_total{{confirmed_by=\"{by}\"}}");
+    let (by_request, by_round) = (served("request"), served("round"));
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "a vote for the leader's term",
+            bincode::serialize(&Some(Vote::new_committed(term, leader_id))).unwrap(),
+            &by_request,
+        ),
+        ("an earlier member's request (no payload)", Vec::new(), &by_round),
+        ("no vote", bincode::serialize(&None::<Vote<u64>>).unwrap(), &by_round),
+        (
+            "a vote of an earlier term",
+            bincode::serialize(&Some(Vote::new_committed(term - 1, leader_id))).unwrap(),
+            &by_round,
+        ),
+    ];
+    for (what, payload, counted) in cases {
+        let before = metric(&endpoint, counted).await.unwrap_or(0);
+        let reply = peer.read_index(PeerMessage { cluster_id, from: follower_id, payload }).await;
+        let reply = reply.unwrap_or_else(|e| panic!("{what}: the call failed: {e}")).into_inner();
+        let answer: Result<u64, RaftNodeError> = bincode::deserialize(&reply.payload).expect("a decodable reply");
+        assert!(answer.expect(what) > 0, "{what}: a read index past the put");
+        let after = metric(&endpoint, counted).await.unwrap_or(0);
+        assert!(after > before, "{what}: not counted as {counted}");
+    }
 }
