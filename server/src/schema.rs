@@ -108,11 +108,12 @@ pub fn open_db(path: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     // that they take the CPU that requests leave idle rather than stall requests. A
     // flush turns a whole memtable (64 MiB when this was measured) into a table at
     // once; on a busy machine at normal priority, the members' requests stalled for
-    // up to 400 ms while it ran. Should flushes fall behind on a saturated machine, RocksDB holds writes
-    // back until they catch up (its write stall), which frees the CPU they need; but
-    // if other processes keep every core busy, that stall lasts until they yield.
-    // [`spawn_stall_guard`] raises them while writes wait for them. This is RocksDB's
-    // default environment, shared by every database of the process.
+    // up to 400 ms while it ran. Should flushes fall behind on a saturated machine,
+    // RocksDB holds writes back until they catch up (its write stall), which frees
+    // the CPU they need; but if other processes keep every core busy, that stall
+    // lasts until they yield. [`spawn_stall_guard`] raises them while writes wait
+    // for them. This is RocksDB's default environment, shared by every database of
+    // the process.
     let mut env = Env::new()?;
     env.lower_thread_pool_cpu_priority();
     env.lower_high_priority_thread_pool_cpu_priority();
