@@ -161,14 +161,19 @@ impl Cluster {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        // Each server also reads its settings from variables (ETCD_*, or CAIRN_* and
+        // CAIRN_CONFIG_FILE): only the flags given here count, for both alike.
+        let own_prefix = match self.spec.kind {
+            ServerKind::Etcd => "ETCD_",
+            ServerKind::Cairn => "CAIRN_",
+        };
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with(own_prefix) {
+                cmd.env_remove(k);
+            }
+        }
         match self.spec.kind {
             ServerKind::Etcd => {
-                // etcd also reads ETCD_* variables: only our flags count.
-                for (k, _) in std::env::vars_os() {
-                    if k.to_string_lossy().starts_with("ETCD_") {
-                        cmd.env_remove(k);
-                    }
-                }
                 // Both fsync every acknowledged write by default; keep logs quiet for
                 // both, and give etcd room for the scale runs (its default quota is 2 GiB).
                 cmd.args(["--logger=zap", "--log-level=warn", "--quota-backend-bytes=8589934592"]);
@@ -199,7 +204,10 @@ impl Cluster {
     pub fn procs(&self) -> Vec<ServerProc> {
         self.members
             .iter()
-            .filter_map(|m| Some(ServerProc { name: m.name.clone(), pid: m.child.as_ref()?.id() }))
+            .filter_map(|m| {
+                let metrics = (self.spec.kind == ServerKind::Cairn).then(|| m.client_url());
+                Some(ServerProc { name: m.name.clone(), pid: m.child.as_ref()?.id(), metrics })
+            })
             .collect()
     }
 

@@ -346,11 +346,12 @@ async fn measure(
             let order: Vec<&(ServerKind, Cluster)> =
                 if round % 2 == 1 { clusters.iter().collect() } else { clusters.iter().rev().collect() };
             for (kind, cluster) in order {
-                settle(&every_server, args.settle, args.idle_wait_max).await;
                 eprintln!("round {round}/{}: {kind}: {} ...", args.rounds, case.name());
-                let mut r = load::run(&cluster.endpoints(), &kind.to_string(), w, &spec, &cluster.procs(), progress)
-                    .await
-                    .with_context(|| format!("{} against {kind} in round {round}", case.name()))?;
+                let quiet = settle(&every_server, args.settle, args.idle_wait_max);
+                let mut r =
+                    load::run(&cluster.endpoints(), &kind.to_string(), w, &spec, &cluster.procs(), progress, quiet)
+                        .await
+                        .with_context(|| format!("{} against {kind} in round {round}", case.name()))?;
                 if let Case::HalfEtcdPeakPut = case {
                     r.case = case.name();
                 }

@@ -292,8 +292,45 @@ impl Tally {
 struct Client {
     conn: Conn,
     rng: SmallRng,
-    /// `lease-keepalive`: the lease, the request sink and the response stream.
-    keepalive: Option<(i64, mpsc::Sender<LeaseKeepAliveRequest>, Streaming<LeaseKeepAliveResponse>)>,
+    /// `lease-keepalive`: the client's keep-alive stream.
+    keepalive: Option<KeepAlive>,
+}
+
+/// One lease's keep-alive stream. Replies come in the order of the requests and
+/// carry nothing else to match them by, so a request that timed out leaves its
+/// reply owed: the next request reads past it rather than taking it for its own.
+struct KeepAlive {
+    lease: i64,
+    requests: mpsc::Sender<LeaseKeepAliveRequest>,
+    replies: Streaming<LeaseKeepAliveResponse>,
+    /// Requests sent whose replies were not read yet.
+    owed: u64,
+}
+
+impl KeepAlive {
+    /// Sends one keep-alive and reads replies until its own. Cancel-safe: dropped at
+    /// any point, it leaves `owed` counting every reply still to come.
+    async fn renew(&mut self) -> Result<(), String> {
+        self.requests
+            .send(LeaseKeepAliveRequest { id: self.lease })
+            .await
+            .map_err(|_| "keep-alive stream closed".to_string())?;
+        self.owed += 1;
+        loop {
+            let reply = match self.replies.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Err("keep-alive stream ended".into()),
+                Err(s) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            };
+            self.owed -= 1;
+            if self.owed == 0 {
+                return match reply.ttl {
+                    ttl if ttl > 0 => Ok(()),
+                    ttl => Err(format!("lease {} expired (TTL {ttl})", reply.id)),
+                };
+            }
+        }
+    }
 }
 
 /// What every client shares.
@@ -340,7 +377,6 @@ impl Shared {
 
     /// One request of the workload.
     async fn op(&self, c: &mut Client) -> Result<(), String> {
-        let status = |s: tonic::Status| format!("{:?}: {}", s.code(), s.message());
         let kv = &mut c.conn.unary;
         match self.workload {
             Workload::Put => kv.call::<_, PutResponse>(KV_PUT, &self.put(&mut c.rng)).await.map(drop),
@@ -359,22 +395,16 @@ impl Shared {
                     kv.call::<_, PutResponse>(KV_PUT, &self.put(&mut c.rng)).await.map(drop)
                 }
             }
-            Workload::LeaseKeepalive => {
-                let (id, tx, rx) = c.keepalive.as_mut().ok_or("no lease stream")?;
-                tx.send(LeaseKeepAliveRequest { id: *id }).await.map_err(|_| "keep-alive stream closed".to_string())?;
-                match rx.message().await {
-                    Ok(Some(r)) if r.ttl > 0 => Ok(()),
-                    Ok(Some(r)) => Err(format!("lease {} expired (TTL {})", r.id, r.ttl)),
-                    Ok(None) => Err("keep-alive stream ended".into()),
-                    Err(s) => Err(status(s)),
-                }
-            }
+            Workload::LeaseKeepalive => c.keepalive.as_mut().ok_or("no lease stream")?.renew().await,
             Workload::WatchLatency => unreachable!("watch-latency has its own loop"),
         }
     }
 }
 
 /// Runs one workload against `endpoints`, recording the usage of `procs`.
+/// `quiet` is awaited after the key space is written (`range`, `mixed`) and before
+/// the measurement starts: `compare` waits there for the servers to go idle, so
+/// that the flushes and compactions the preload set off are not measured.
 pub async fn run(
     endpoints: &[String],
     target: &str,
@@ -382,6 +412,7 @@ pub async fn run(
     spec: &LoadSpec,
     procs: &[ServerProc],
     progress: bool,
+    quiet: impl std::future::Future<Output = ()>,
 ) -> Result<RunResult> {
     spec.validate()?;
     let conns = connect(endpoints, spec.conns).await?;
@@ -391,15 +422,16 @@ pub async fn run(
     if matches!(workload, Workload::Range | Workload::Mixed) && !spec.no_preload {
         preload(&conns, spec, &value).await?;
     }
+    quiet.await;
     let (tally, elapsed, usage, watch) = if workload == Workload::WatchLatency {
-        let usage = UsageStart::take(procs);
+        let usage = UsageStart::take(procs).await;
         let (tally, elapsed, stats) = watch_latency(&conns, spec, progress).await?;
-        (tally, elapsed, usage.finish(), Some(stats))
+        (tally, elapsed, usage.finish().await, Some(stats))
     } else {
         let clients = make_clients(&conns, workload, spec).await?;
-        let usage = UsageStart::take(procs);
+        let usage = UsageStart::take(procs).await;
         let (tally, elapsed) = drive(shared, clients, progress).await;
-        (tally, elapsed, usage.finish(), None)
+        (tally, elapsed, usage.finish().await, None)
     };
     Ok(RunResult::new(
         target,
@@ -440,7 +472,7 @@ async fn make_clients(conns: &[Conn], workload: Workload, spec: &LoadSpec) -> Re
                 .await
                 .context("open a keep-alive stream: no answer")?
                 .context("open a keep-alive stream")?;
-            Some((lease.id, tx, responses))
+            Some(KeepAlive { lease: lease.id, requests: tx, replies: responses, owed: 0 })
         } else {
             None
         };
@@ -647,8 +679,8 @@ async fn open_watchers(
     Ok(tasks)
 }
 
-/// `watch-latency`: puts at a fixed rate (open loop), each carrying its send time,
-/// and the delay until each watcher receives its event.
+/// `watch-latency`: puts at a fixed rate (open loop), each carrying the time it was
+/// due, and the delay from then until each watcher receives its event.
 async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> Result<(Tally, Duration, WatchStats)> {
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
@@ -664,9 +696,11 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
             break;
         }
         tokio::time::sleep_until(due.into()).await;
-        bar.set_position(start.elapsed().as_secs());
+        bar.set_position(if spec.total.is_some() { i } else { start.elapsed().as_secs() });
         let mut value = vec![b'w'; spec.value_size];
-        value[..8].copy_from_slice(&(epoch.elapsed().as_nanos() as u64).to_be_bytes());
+        // The time the put was due, not when this loop got to it: a late wake-up of
+        // the generator counts against the latency too (no coordinated omission).
+        value[..8].copy_from_slice(&(due.duration_since(epoch).as_nanos() as u64).to_be_bytes());
         let req = PutRequest { key: spec.key(WATCH_PREFIX, i % spec.key_space), value, ..Default::default() };
         let mut kv = conns[(i as usize) % conns.len()].kv.clone();
         let timeout = spec.request_timeout;

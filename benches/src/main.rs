@@ -8,6 +8,7 @@ mod load;
 mod procstat;
 mod report;
 mod scale;
+mod stalls;
 mod unary;
 
 use std::path::{Path, PathBuf};
@@ -112,7 +113,7 @@ struct RunArgs {
 fn parse_pid(s: &str) -> Result<ServerProc> {
     let (name, pid) = s.split_once('=').unwrap_or((s, s));
     let pid = pid.parse().with_context(|| format!("--pid {s}: expected name=pid or pid"))?;
-    Ok(ServerProc { name: name.to_string(), pid })
+    Ok(ServerProc { name: name.to_string(), pid, metrics: None })
 }
 
 /// Writes `value` as pretty JSON to `path`.
@@ -140,7 +141,7 @@ async fn run(args: RunArgs, progress: bool) -> Result<()> {
     let mut results = Vec::new();
     for &w in &args.workloads {
         eprintln!("{label}: {w} ...");
-        results.push(load::run(&endpoints, &label, w, &args.load, &procs, progress).await?);
+        results.push(load::run(&endpoints, &label, w, &args.load, &procs, progress, std::future::ready(())).await?);
     }
     print!("{}", report::results_table(&results));
     if let Some(path) = &args.json {

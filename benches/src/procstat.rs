@@ -1,15 +1,21 @@
 //! Resource usage of server processes, read from `/proc` (Linux): peak resident
-//! memory and CPU time, so that a run can report memory and CPU per operation.
+//! memory and CPU time, so that a run can report memory and CPU per operation; and,
+//! for Cairn members, their write stalls (see [`crate::stalls`]).
 
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+
+use crate::stalls::{self, WriteStalls};
 
 /// A server process whose usage a run records.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerProc {
     pub name: String,
     pub pid: u32,
+    /// Client URL of a Cairn member, whose `/metrics` count its write stalls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// CPU time (user + system) of a process so far, in seconds.
@@ -61,37 +67,68 @@ pub struct ServerUsage {
     pub peak_reset: bool,
     /// CPU seconds (user + system) spent during the run.
     pub cpu_seconds: f64,
+    /// Write stalls during the run (Cairn members that answered on `/metrics`
+    /// before and after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_stalls: Option<WriteStalls>,
 }
 
 /// Usage snapshot taken when a run starts.
 pub struct UsageStart {
-    procs: Vec<(ServerProc, f64, bool)>,
+    procs: Vec<Start>,
+}
+
+struct Start {
+    proc: ServerProc,
+    cpu_seconds: f64,
+    peak_reset: bool,
+    write_stalls: Option<WriteStalls>,
 }
 
 impl UsageStart {
-    /// Resets peak RSS and notes CPU time of every process.
-    pub fn take(procs: &[ServerProc]) -> UsageStart {
-        let procs =
-            procs.iter().map(|p| (p.clone(), cpu_seconds(p.pid).unwrap_or(0.0), reset_peak_rss(p.pid))).collect();
-        UsageStart { procs }
+    /// Notes the write stalls, resets the peak RSS and notes the CPU time of every
+    /// process (in that order, so that the scrape is not counted in the run's CPU).
+    pub async fn take(procs: &[ServerProc]) -> UsageStart {
+        let mut starts = Vec::with_capacity(procs.len());
+        for p in procs {
+            let write_stalls = write_stalls(p).await;
+            starts.push(Start {
+                proc: p.clone(),
+                cpu_seconds: cpu_seconds(p.pid).unwrap_or(0.0),
+                peak_reset: reset_peak_rss(p.pid),
+                write_stalls,
+            });
+        }
+        UsageStart { procs: starts }
     }
 
-    /// Usage of every process since [`UsageStart::take`] (processes that exited are skipped).
-    pub fn finish(&self) -> Vec<ServerUsage> {
-        self.procs
+    /// Usage of every process since [`UsageStart::take`] (processes that exited are
+    /// skipped). CPU and memory are read before the write stalls are scraped.
+    pub async fn finish(&self) -> Vec<ServerUsage> {
+        let ended: Vec<_> = self
+            .procs
             .iter()
-            .filter_map(|(p, cpu0, reset)| {
-                Some(ServerUsage {
-                    name: p.name.clone(),
-                    pid: p.pid,
-                    rss_peak_kib: peak_rss_kib(p.pid)?,
-                    rss_end_kib: rss_kib(p.pid)?,
-                    peak_reset: *reset,
-                    cpu_seconds: cpu_seconds(p.pid)? - cpu0,
-                })
-            })
-            .collect()
+            .filter_map(|s| Some((s, peak_rss_kib(s.proc.pid)?, rss_kib(s.proc.pid)?, cpu_seconds(s.proc.pid)?)))
+            .collect();
+        let mut usage = Vec::with_capacity(ended.len());
+        for (s, rss_peak_kib, rss_end_kib, cpu) in ended {
+            let stalls_now = write_stalls(&s.proc).await;
+            usage.push(ServerUsage {
+                name: s.proc.name.clone(),
+                pid: s.proc.pid,
+                rss_peak_kib,
+                rss_end_kib,
+                peak_reset: s.peak_reset,
+                cpu_seconds: cpu - s.cpu_seconds,
+                write_stalls: stalls_now.zip(s.write_stalls).map(|(now, then)| now.since(then)),
+            });
+        }
+        usage
     }
+}
+
+async fn write_stalls(p: &ServerProc) -> Option<WriteStalls> {
+    stalls::read(p.metrics.as_deref()?).await
 }
 
 /// Bytes used by the files under `path` (recursively; symlinks not followed).

@@ -128,6 +128,15 @@ impl RunResult {
     }
 }
 
+impl RunResult {
+    /// Seconds the members spent in write stalls during the run, summed; `None` when
+    /// no member reports stalls (etcd, or members that did not answer on `/metrics`).
+    pub fn write_stall_seconds(&self) -> Option<f64> {
+        let reported: Vec<f64> = self.servers.iter().filter_map(|s| Some(s.write_stalls?.seconds)).collect();
+        (!reported.is_empty()).then(|| reported.iter().sum())
+    }
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -137,7 +146,7 @@ pub fn results_table(results: &[RunResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8}",
         "target",
         "round",
         "case",
@@ -150,12 +159,13 @@ pub fn results_table(results: &[RunResult]) -> String {
         "p99.9 ms",
         "max ms",
         "RSS MiB",
-        "CPU us/op"
+        "CPU us/op",
+        "stall s"
     );
     for r in results {
         let _ = writeln!(
             out,
-            "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9}",
+            "{:<8} {:>5} {:<26} {:>6} {:>10} {:>8} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>9.0} {:>9} {:>8}",
             r.target,
             r.round.map_or("-".into(), |n| n.to_string()),
             r.case,
@@ -169,6 +179,7 @@ pub fn results_table(results: &[RunResult]) -> String {
             ms(r.latency_us.max),
             r.rss_peak_kib_total as f64 / 1024.0,
             r.cpu_us_per_op.map_or("-".into(), |c| format!("{c:.0}")),
+            r.write_stall_seconds().map_or("-".into(), |s| format!("{s:.2}")),
         );
     }
     out

@@ -135,16 +135,21 @@ async fn scale_one(kind: ServerKind, args: &ScaleArgs, progress: bool) -> Result
         ..args.load.clone()
     };
     eprintln!("{kind}: loading {} keys ...", args.keys);
-    let load = load::run(&eps, &name, Workload::Put, &load_spec, &cluster.procs(), progress).await?;
+    let load =
+        load::run(&eps, &name, Workload::Put, &load_spec, &cluster.procs(), progress, std::future::ready(())).await?;
     tokio::time::sleep(SETTLE_TIME).await;
     let disk_bytes = cluster.data_bytes();
     let rss_kib_after_load = rss_total(&cluster);
     let mut range_spec = LoadSpec { key_space: args.keys, no_preload: true, total: None, ..args.load.clone() };
     range_spec.consistency = Consistency::Serializable;
     eprintln!("{kind}: range ...");
-    let range_serializable = load::run(&eps, &name, Workload::Range, &range_spec, &cluster.procs(), progress).await?;
+    let range_serializable =
+        load::run(&eps, &name, Workload::Range, &range_spec, &cluster.procs(), progress, std::future::ready(()))
+            .await?;
     range_spec.consistency = Consistency::Linearizable;
-    let range_linearizable = load::run(&eps, &name, Workload::Range, &range_spec, &cluster.procs(), progress).await?;
+    let range_linearizable =
+        load::run(&eps, &name, Workload::Range, &range_spec, &cluster.procs(), progress, std::future::ready(()))
+            .await?;
     eprintln!("{kind}: watch catch-up ...");
     let (catch_up, events) = watch_catch_up(&eps[0], before + 1, load.ops_ok, args.catch_up_timeout).await?;
     eprintln!("{kind}: restart ...");

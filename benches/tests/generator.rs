@@ -54,7 +54,7 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
         .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
         .arg(cairn_binary())
-        .args(["--workloads", "put,range,watch-latency,lease-keepalive"])
+        .args(["--workloads", "put,range,txn-put,mixed,watch-latency,lease-keepalive"])
         .args(["--duration", "2s", "--clients", "8", "--conns", "3", "--key-space", "200"])
         .args(["--watchers", "20", "--watch-streams", "4", "--watch-put-rate", "50"])
         .arg("--json")
@@ -69,7 +69,7 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
     let results: Value = serde_json::from_str(&text).expect("the results are well-formed JSON");
     let results = results.as_array().expect("an array of results");
     let workloads: Vec<&str> = results.iter().map(|r| r["workload"].as_str().expect("workload name")).collect();
-    assert_eq!(workloads, ["put", "range", "watch-latency", "lease-keepalive"]);
+    assert_eq!(workloads, ["put", "range", "txn-put", "mixed", "watch-latency", "lease-keepalive"]);
     for r in results {
         let w = r["workload"].as_str().unwrap();
         assert_eq!(r["target"], "cairn", "{w}");
@@ -82,10 +82,62 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
         let servers = r["servers"].as_array().expect("server usage");
         assert_eq!(servers.len(), 3, "{w}: usage of every member");
         assert!(servers.iter().all(|s| s["rss_peak_kib"].as_u64().unwrap_or(0) > 0), "{w}: peak RSS of every member");
+        for s in servers {
+            let stalls = &s["write_stalls"];
+            assert!(
+                stalls["count"].is_u64() && stalls["seconds"].as_f64().is_some_and(|x| x >= 0.0),
+                "{w}: write stalls of every member, read from its /metrics: {s}"
+            );
+        }
     }
-    let watch = &results[2]["watch"];
+    let watch = &results[4]["watch"];
     assert!(watch["events_expected"].as_u64().unwrap() > 0);
     assert_eq!(watch["events_received"], watch["events_expected"], "every watcher got every event");
+}
+
+#[test]
+fn an_open_loop_run_sends_no_more_than_its_rate_and_is_labelled_open() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let json = out.path().join("results.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
+        .arg(cairn_binary())
+        .args(["--workloads", "put", "--rate", "100", "--duration", "2s", "--clients", "4", "--conns", "2"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run cairn-bench");
+    assert!(status.success(), "cairn-bench failed: {status}");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
+    let put = &results[0];
+    assert_eq!((put["case"].as_str(), put["loop_mode"].as_str()), (Some("put@100/s"), Some("open")), "{put}");
+    assert_eq!(put["ops_failed"], 0, "{put}");
+    // Request i is due at i/100 s: at most 200 fall within 2 s, however fast the
+    // server answers.
+    let ok = put["ops_ok"].as_u64().expect("ops_ok");
+    assert!(0 < ok && ok <= 200, "{ok} requests in 2 s at 100/s");
+}
+
+#[test]
+fn the_members_take_only_the_benchs_flags_not_its_environment() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let json = out.path().join("results.json");
+    // A limit every 256-byte put would exceed, were it passed on to the members.
+    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .env("CAIRN_MAX_REQUEST_BYTES", "64")
+        .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
+        .arg(cairn_binary())
+        .args(["--workloads", "put", "--total", "20", "--clients", "2", "--conns", "1", "--value-size", "256"])
+        .arg("--json")
+        .arg(&json)
+        .stdout(Stdio::null())
+        .status()
+        .expect("run cairn-bench");
+    assert!(status.success(), "cairn-bench failed: {status}");
+    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
+    let put = &results[0];
+    assert_eq!((put["ops_ok"].as_u64(), put["ops_failed"].as_u64()), (Some(20), Some(0)), "{put}");
 }
 
 #[test]
@@ -156,6 +208,9 @@ fn compare_interleaves_the_servers_in_rounds_and_reports_median_ratios() {
     for r in results {
         assert!(r["ops_ok"].as_u64().unwrap() > 0, "{}", r["case"]);
         assert_eq!(r["ops_failed"], 0, "{} against {}: {}", r["case"], r["target"], r["errors"]);
+        // Only Cairn members count write stalls.
+        let with_stalls = r["servers"].as_array().unwrap().iter().filter(|s| s["write_stalls"].is_object()).count();
+        assert_eq!(with_stalls, if r["target"] == "cairn" { 3 } else { 0 }, "{} against {}", r["case"], r["target"]);
     }
     let find = |round: u64, case: &str, target: &str| {
         results
