@@ -163,6 +163,7 @@ impl Cluster {
             .stderr(Stdio::from(log));
         // Each server also reads its settings from variables (ETCD_*, or CAIRN_* and
         // CAIRN_CONFIG_FILE): only the flags given here count, for both alike.
+        // Runtime variables (GOMAXPROCS, MALLOC_CONF, ...) pass through.
         let own_prefix = match self.spec.kind {
             ServerKind::Etcd => "ETCD_",
             ServerKind::Cairn => "CAIRN_",

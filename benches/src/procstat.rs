@@ -86,8 +86,8 @@ struct Start {
 }
 
 impl UsageStart {
-    /// Notes the write stalls, resets the peak RSS and notes the CPU time of every
-    /// process (in that order, so that the scrape is not counted in the run's CPU).
+    /// For every process: notes its write stalls, then its CPU time, then resets its
+    /// peak RSS (the scrape comes first, so that it is not counted in the run's CPU).
     pub async fn take(procs: &[ServerProc]) -> UsageStart {
         let mut starts = Vec::with_capacity(procs.len());
         for p in procs {

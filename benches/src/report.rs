@@ -129,8 +129,9 @@ impl RunResult {
 }
 
 impl RunResult {
-    /// Seconds the members spent in write stalls during the run, summed; `None` when
-    /// no member reports stalls (etcd, or members that did not answer on `/metrics`).
+    /// Seconds the members spent in write stalls during the run, summed over the
+    /// members that reported them; `None` when none did (etcd, or Cairn members that
+    /// did not answer on `/metrics`). Whether every member reported is in `servers`.
     pub fn write_stall_seconds(&self) -> Option<f64> {
         let reported: Vec<f64> = self.servers.iter().filter_map(|s| Some(s.write_stalls?.seconds)).collect();
         (!reported.is_empty()).then(|| reported.iter().sum())

@@ -4,9 +4,14 @@
 //! back, so a run with one explains a throughput or tail-latency outlier that the
 //! client side alone cannot. etcd has no such metric; its members report none.
 //!
-//! The request is a bare HTTP/1.1 GET over a loopback socket: the bench needs one
+//! The request is a bare HTTP/1.0 GET over a loopback socket: the bench needs one
 //! page of text from a server it started, and an HTTP client crate would add a
-//! dependency tree larger than the bench for it.
+//! dependency tree larger than the bench for it. HTTP/1.0, so that the reply is the
+//! page as is, never chunked; a reply shorter than its `Content-Length` (or longer
+//! than [`PAGE_BYTES_MAX`]) is refused rather than read in part.
+//!
+//! The member checks for a stall every 100 ms, so the seconds come in steps of
+//! 0.1 s and a shorter stall may be missed.
 
 use std::time::Duration;
 
@@ -62,15 +67,37 @@ async fn get_metrics(endpoint: &str) -> Option<String> {
     let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
     let exchange = async {
         let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        let request = format!("GET /metrics HTTP/1.0\r\nHost: {authority}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
-        stream.take(PAGE_BYTES_MAX).read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8(raw).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        (head.split_whitespace().nth(1) == Some("200")).then(|| body.to_string())
+        stream.take(PAGE_BYTES_MAX + 1).read_to_end(&mut raw).await.ok()?;
+        if raw.len() as u64 > PAGE_BYTES_MAX {
+            return None;
+        }
+        body_of(&String::from_utf8(raw).ok()?)
     };
     tokio::time::timeout(SCRAPE_TIMEOUT, exchange).await.ok().flatten()
+}
+
+/// The body of a whole `200` reply: not chunked, and as long as its
+/// `Content-Length` says when it gives one.
+fn body_of(reply: &str) -> Option<String> {
+    let (head, body) = reply.split_once("\r\n\r\n")?;
+    let mut lines = head.lines();
+    if lines.next()?.split_whitespace().nth(1) != Some("200") {
+        return None;
+    }
+    for line in lines {
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("transfer-encoding") && !value.eq_ignore_ascii_case("identity") {
+            return None;
+        }
+        if name.eq_ignore_ascii_case("content-length") && value.parse::<usize>().ok()? != body.len() {
+            return None;
+        }
+    }
+    Some(body.to_string())
 }
 
 #[cfg(test)]
@@ -91,6 +118,17 @@ mod tests {
     fn a_page_without_the_counters_has_no_stalls_to_report() {
         assert_eq!(parse("etcd_server_has_leader 1\n"), None);
         assert_eq!(parse("cairn_disk_write_stalls_total 1\n"), None, "both counters are needed");
+    }
+
+    #[test]
+    fn only_a_whole_unchunked_ok_reply_is_read() {
+        let page = "cairn_disk_write_stalls_total 3\n";
+        let ok = format!("HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{page}", page.len());
+        assert_eq!(body_of(&ok).as_deref(), Some(page));
+        let cut = format!("HTTP/1.0 200 OK\r\ncontent-length: {}\r\n\r\n{}", page.len(), &page[..10]);
+        assert_eq!(body_of(&cut), None, "a reply cut short");
+        assert_eq!(body_of("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n20\r\nx"), None, "chunked");
+        assert_eq!(body_of("HTTP/1.0 404 Not Found\r\ncontent-length: 0\r\n\r\n"), None, "not found");
     }
 
     #[test]

@@ -95,22 +95,32 @@ fn a_short_run_against_cairn_succeeds_and_writes_valid_json() {
     assert_eq!(watch["events_received"], watch["events_expected"], "every watcher got every event");
 }
 
-#[test]
-fn an_open_loop_run_sends_no_more_than_its_rate_and_is_labelled_open() {
+/// The one result of `cairn-bench run` of one workload against a fresh 3-member Cairn
+/// cluster, with `args` after the cluster's and `env` set for the bench.
+fn run_one(args: &[&str], env: &[(&str, &str)]) -> Value {
     let out = tempfile::tempdir().expect("temp dir");
     let json = out.path().join("results.json");
-    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
+        .envs(env.iter().copied())
         .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
         .arg(cairn_binary())
-        .args(["--workloads", "put", "--rate", "100", "--duration", "2s", "--clients", "4", "--conns", "2"])
+        .args(args)
         .arg("--json")
         .arg(&json)
         .stdout(Stdio::null())
-        .status()
-        .expect("run cairn-bench");
+        .spawn()
+        .expect("start cairn-bench");
+    let status = wait_bounded(&mut child);
     assert!(status.success(), "cairn-bench failed: {status}");
     let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
-    let put = &results[0];
+    let [result] = results.as_array().expect("an array of results").as_slice() else { panic!("one result: {results}") };
+    result.clone()
+}
+
+#[test]
+fn an_open_loop_run_sends_no_more_than_its_rate_and_is_labelled_open() {
+    let put =
+        &run_one(&["--workloads", "put", "--rate", "100", "--duration", "2s", "--clients", "4", "--conns", "2"], &[]);
     assert_eq!((put["case"].as_str(), put["loop_mode"].as_str()), (Some("put@100/s"), Some("open")), "{put}");
     assert_eq!(put["ops_failed"], 0, "{put}");
     // Request i is due at i/100 s: at most 200 fall within 2 s, however fast the
@@ -121,42 +131,21 @@ fn an_open_loop_run_sends_no_more_than_its_rate_and_is_labelled_open() {
 
 #[test]
 fn the_members_take_only_the_benchs_flags_not_its_environment() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let json = out.path().join("results.json");
     // A limit every 256-byte put would exceed, were it passed on to the members.
-    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
-        .env("CAIRN_MAX_REQUEST_BYTES", "64")
-        .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
-        .arg(cairn_binary())
-        .args(["--workloads", "put", "--total", "20", "--clients", "2", "--conns", "1", "--value-size", "256"])
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cairn-bench");
-    assert!(status.success(), "cairn-bench failed: {status}");
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
-    let put = &results[0];
+    let put = &run_one(
+        &["--workloads", "put", "--total", "20", "--clients", "2", "--conns", "1", "--value-size", "256"],
+        &[("CAIRN_MAX_REQUEST_BYTES", "64")],
+    );
     assert_eq!((put["ops_ok"].as_u64(), put["ops_failed"].as_u64()), (Some(20), Some(0)), "{put}");
 }
 
 #[test]
 fn refused_requests_are_counted_under_their_grpc_status() {
-    let out = tempfile::tempdir().expect("temp dir");
-    let json = out.path().join("results.json");
     // Values over the server's request size limit (1.5 MiB by default).
-    let status = Command::new(env!("CARGO_BIN_EXE_cairn-bench"))
-        .args(["--no-progress", "run", "--cluster", "cairn", "--cairn-bin"])
-        .arg(cairn_binary())
-        .args(["--workloads", "put", "--total", "6", "--clients", "2", "--conns", "1", "--value-size", "2000000"])
-        .arg("--json")
-        .arg(&json)
-        .stdout(Stdio::null())
-        .status()
-        .expect("run cairn-bench");
-    assert!(status.success(), "cairn-bench failed: {status}");
-    let results: Value = serde_json::from_str(&std::fs::read_to_string(&json).expect("results")).expect("JSON");
-    let put = &results[0];
+    let put = &run_one(
+        &["--workloads", "put", "--total", "6", "--clients", "2", "--conns", "1", "--value-size", "2000000"],
+        &[],
+    );
     assert_eq!(put["ops_ok"], 0, "{put}");
     assert_eq!(put["ops_failed"], 6, "{put}");
     let errors = put["errors"].as_object().expect("errors by message");
