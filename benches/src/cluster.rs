@@ -325,8 +325,8 @@ pub fn default_cairn_binary() -> PathBuf {
     sibling.unwrap_or_else(|| PathBuf::from("cairn"))
 }
 
-/// etcd's version string (`etcd --version`, first line).
-pub fn etcd_version(binary: &Path) -> String {
+/// A server's version string (`etcd --version` or `cairn --version`, first line).
+pub fn server_version(binary: &Path) -> String {
     Command::new(binary)
         .arg("--version")
         .output()

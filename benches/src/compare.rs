@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{etcd_version, Cluster, ServerKind};
+use crate::cluster::{server_version, Cluster, ServerKind};
 use crate::load::{self, Consistency, LoadSpec, Workload};
 use crate::procstat::{self, ServerProc};
 use crate::report::{results_table, RunResult};
@@ -67,6 +67,12 @@ pub struct Machine {
     pub load_average: String,
     pub etcd_version: String,
     pub cairn_binary: String,
+    /// `cairn --version` of the binary measured: it names the commit it was built
+    /// from, wherever the binary was copied to.
+    #[serde(default)]
+    pub cairn_version: String,
+    /// The commit checked out where the bench ran (which need not be the one the
+    /// measured binary was built from: see `cairn_version`).
     pub commit: String,
 }
 
@@ -91,8 +97,9 @@ impl Machine {
             cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             load_average: read("/proc/loadavg").split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-            etcd_version: etcd_version(&servers.etcd_bin),
+            etcd_version: server_version(&servers.etcd_bin),
             cairn_binary: servers.spec(ServerKind::Cairn).binary.display().to_string(),
+            cairn_version: server_version(&servers.spec(ServerKind::Cairn).binary),
             commit,
         }
     }
@@ -367,7 +374,10 @@ pub async fn compare(args: CompareArgs, progress: bool) -> Result<()> {
     args.load.validate()?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let machine = Machine::describe(&args.servers);
-    eprintln!("machine: {} cores, load {}, {}", machine.cores, machine.load_average, machine.etcd_version);
+    eprintln!(
+        "machine: {} cores, load {}, {}, {}",
+        machine.cores, machine.load_average, machine.etcd_version, machine.cairn_version
+    );
     // Both clusters stay up for the whole comparison: etcd's first, so that a
     // failure to start either is found before any measurement.
     let mut clusters = Vec::new();

@@ -174,6 +174,8 @@ fn compare_interleaves_the_servers_in_rounds_and_reports_median_ratios() {
     let text = std::fs::read_to_string(out.path().join("compare.json")).expect("compare.json exists");
     let comparison: Value = serde_json::from_str(&text).expect("compare.json is well-formed JSON");
     assert!(out.path().join("compare.svg").exists(), "the chart is written");
+    let cairn_version = comparison["machine"]["cairn_version"].as_str().expect("cairn_version");
+    assert!(cairn_version.starts_with("cairn ") && cairn_version.contains("(commit "), "{cairn_version}");
     let results = comparison["results"].as_array().expect("results");
     let order: Vec<(u64, &str, &str)> = results
         .iter()

@@ -38,7 +38,7 @@ macro_rules! settings {
     ($( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr, $env:literal, $value_name:literal; )*) => {
         /// Command-line flags (each also read from its environment variable).
         #[derive(Parser, Debug, Default, Clone)]
-        #[command(name = "cairn", version, about = "Cairn: a Raft-replicated metadata store that speaks the etcd v3 API.\n\nWith no arguments, starts a single-member cluster with its data in ./cairn.data, serving clients on 127.0.0.1:2379.")]
+        #[command(name = "cairn", version = crate::VERSION, about = "Cairn: a Raft-replicated metadata store that speaks the etcd v3 API.\n\nWith no arguments, starts a single-member cluster with its data in ./cairn.data, serving clients on 127.0.0.1:2379.")]
         pub struct Flags {
             /// Path to a TOML config file whose keys are the long flag names (e.g. `data-dir = "/var/lib/cairn"`).
             #[arg(long, env = "CAIRN_CONFIG_FILE", value_name = "PATH")]

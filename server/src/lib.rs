@@ -23,3 +23,21 @@ pub mod restore;
 pub mod schema;
 pub mod server;
 pub mod watch;
+
+/// What `cairn --version` prints after the name: the package version and the Git
+/// commit the binary was built from ("unknown" when built outside a checkout).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("CAIRN_GIT_COMMIT"), ")");
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_commit_checked_out() {
+        let head = std::process::Command::new("git")
+            .args(["rev-parse", "--short=12", "HEAD"])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map_or("unknown".to_string(), |o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        assert_eq!(super::VERSION, format!("{} (commit {head})", env!("CARGO_PKG_VERSION")));
+    }
+}
