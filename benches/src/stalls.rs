@@ -21,7 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Bound on one scrape of a member's `/metrics`.
 pub const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Largest `/metrics` page read; the rest is ignored (a member's page is ~30 KiB).
+/// Largest reply read; a larger one is refused (a member's page is about 15 KiB).
 const PAGE_BYTES_MAX: u64 = 4 << 20;
 
 const STALLS: &str = "cairn_disk_write_stalls_total";
