@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 use tonic::Streaming;
 
-use crate::procstat::{ServerProc, UsageStart};
+use crate::procstat::{ServerProc, ServerUsage, UsageStart};
 use crate::report::{Latency, RunResult, WatchStats};
 use crate::unary::{UnaryConn, KV_PUT, KV_RANGE, KV_TXN};
 
@@ -424,9 +424,8 @@ pub async fn run(
     }
     quiet.await;
     let (tally, elapsed, usage, watch) = if workload == Workload::WatchLatency {
-        let usage = UsageStart::take(procs).await;
-        let (tally, elapsed, stats) = watch_latency(&conns, spec, progress).await?;
-        (tally, elapsed, usage.finish().await, Some(stats))
+        let (tally, elapsed, usage, stats) = watch_latency(&conns, spec, procs, progress).await?;
+        (tally, elapsed, usage, Some(stats))
     } else {
         let clients = make_clients(&conns, workload, spec).await?;
         let usage = UsageStart::take(procs).await;
@@ -681,11 +680,19 @@ async fn open_watchers(
 
 /// `watch-latency`: puts at a fixed rate (open loop), each carrying its send time,
 /// and the delay until each watcher receives its event.
-async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> Result<(Tally, Duration, WatchStats)> {
+/// The usage of `procs` covers the puts and their events, not the creation of the
+/// watchers before them.
+async fn watch_latency(
+    conns: &[Conn],
+    spec: &LoadSpec,
+    procs: &[ServerProc],
+    show_progress: bool,
+) -> Result<(Tally, Duration, Vec<ServerUsage>, WatchStats)> {
     let epoch = Instant::now();
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let receivers = open_watchers(conns, spec, epoch, received.clone(), stop_rx).await?;
+    let usage = UsageStart::take(procs).await;
 
     let bar = progress_bar(spec, show_progress);
     let start = Instant::now();
@@ -727,6 +734,7 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
+    let usage = usage.finish().await;
     let _ = stop_tx.send(true);
     let mut tally = Tally::new();
     for r in receivers {
@@ -746,7 +754,7 @@ async fn watch_latency(conns: &[Conn], spec: &LoadSpec, show_progress: bool) -> 
         events_expected,
         events_received,
     };
-    Ok((tally, elapsed, stats))
+    Ok((tally, elapsed, usage, stats))
 }
 
 #[cfg(test)]
