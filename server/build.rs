@@ -13,14 +13,17 @@ fn git(args: &[&str]) -> Option<String> {
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=CAIRN_GIT_COMMIT={commit}");
-    // Rebuild when HEAD moves: HEAD itself (a checkout), the branch it names (a
-    // commit), and packed refs. In a worktree the branch lives in the common dir.
+    // Rebuild when HEAD moves: HEAD itself (a checkout), the branches (a commit
+    // writes its branch's file under refs/heads, which cargo scans as a directory),
+    // and packed refs. In a worktree the branches live in the common dir. Only
+    // paths that exist are named: cargo reruns a build script on every build while
+    // a path it names is missing.
     if let (Some(git_dir), Some(common)) = (git(&["rev-parse", "--git-dir"]), git(&["rev-parse", "--git-common-dir"])) {
         let (git_dir, common) = (PathBuf::from(git_dir), PathBuf::from(common));
-        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
-        println!("cargo:rerun-if-changed={}", common.join("packed-refs").display());
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", common.join(branch).display());
+        for path in [git_dir.join("HEAD"), common.join("refs").join("heads"), common.join("packed-refs")] {
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
