@@ -274,9 +274,10 @@ async fn the_server_returns_freed_memory_from_a_background_thread() {
 
 /// Large writes after an idle spell do not time out behind the flushes of the
 /// storage engine's memtables: after 12 s without writes, 192 MiB of 1 MiB puts
-/// (twelve 16 MiB memtables' worth in each of `kv` and `kv_history`) all succeed. With RocksDB's auto-tuned rate limiter, which
-/// Cairn once used, flushes slowed to about 3 MiB/s after ten idle seconds, writes
-/// stopped behind them for 20 s, and the puts timed out.
+/// (twelve 16 MiB memtables' worth in each of `kv` and `kv_history`) all succeed.
+/// With RocksDB's auto-tuned rate limiter, which Cairn once used, flushes slowed to
+/// about 3 MiB/s after ten idle seconds, writes stopped behind them for 20 s, and the
+/// puts timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_writes_after_an_idle_spell_all_succeed() {
     const IDLE: Duration = Duration::from_secs(12);

@@ -38,9 +38,9 @@ impl Drop for BusyProcesses {
 /// With more busy processes than cores beside it, a member still takes 192 MiB of
 /// 1 MiB puts (twelve 16 MiB memtables' worth in each of `kv` and `kv_history`)
 /// without a write timing out. RocksDB's flushes run at nice 19; when one falls
-/// behind, RocksDB stops writes until it catches up, and beside busy processes a flush at nice 19 got so little CPU that
-/// writes stayed stopped for 10 s. The stall guard raises the flush's priority
-/// while writes are held back.
+/// behind, RocksDB stops writes until it catches up, and beside busy processes a
+/// flush at nice 19 got so little CPU that writes stayed stopped for 10 s. The stall
+/// guard raises the flush's priority while writes are held back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_writes_beside_busy_processes_all_succeed() {
     const WRITERS: usize = 4;
