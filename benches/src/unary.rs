@@ -54,7 +54,7 @@ impl UnaryConn {
         let (send, connection) = h2::client::Builder::new()
             .initial_window_size(WINDOW_BYTES)
             .initial_connection_window_size(WINDOW_BYTES)
-            .handshake::<_, Bytes>(CoalescedWrites(tcp))
+            .handshake::<_, Bytes>(CoalescedWrites::new(tcp))
             .await
             .with_context(|| format!("HTTP/2 handshake with {url}"))?;
         tokio::spawn(async move {

@@ -226,14 +226,15 @@ async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 /// Accepted connections, without Nagle's delay, their small frames written together
-/// (see [`CoalescedWrites`]).
+/// and each flush's first write held back until the answers completed with it are
+/// ready (see [`CoalescedWrites::server`]).
 fn incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<CoalescedWrites<tokio::net::TcpStream>>> + Send + 'static {
     TcpListenerStream::new(listener).map(|conn| {
         conn.map(|stream| {
             let _ = stream.set_nodelay(true);
-            CoalescedWrites(stream)
+            CoalescedWrites::server(stream)
         })
     })
 }
