@@ -165,6 +165,38 @@ mod tests {
         }
     }
 
+    /// Sends `streams` requests over `io` and reads each answer: a 300-byte body
+    /// and trailers, then lets the connection close.
+    async fn ask_and_read_answers(io: DuplexStream, streams: usize) {
+        let (client, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let mut answers = Vec::new();
+        for _ in 0..streams {
+            let mut client = client.clone().ready().await.unwrap();
+            let request = http::Request::post("http://test/x").body(()).unwrap();
+            let (response, _) = client.send_request(request, true).unwrap();
+            answers.push(response);
+        }
+        for response in answers {
+            let mut body = response.await.unwrap().into_body();
+            let mut got = 0;
+            while let Some(chunk) = body.data().await {
+                got += chunk.unwrap().len();
+            }
+            assert_eq!(got, 300);
+            assert!(body.trailers().await.unwrap().is_some());
+        }
+    }
+
+    /// Answers as a unary gRPC call is answered: headers, a 300-byte body, trailers.
+    fn answer(respond: &mut h2::server::SendResponse<Bytes>) {
+        let mut body = respond.send_response(http::Response::new(()), false).unwrap();
+        body.send_data(Bytes::from(vec![7u8; 300]), false).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        body.send_trailers(trailers).unwrap();
+    }
+
     /// Writes an h2 server makes to answer `streams` concurrent requests with
     /// 300-byte bodies and trailers, as a unary gRPC call is answered, all ready at
     /// once.
@@ -185,41 +217,19 @@ mod tests {
             }
             let before = writes.load(Ordering::SeqCst);
             for (_, mut respond) in pending {
-                let mut body = respond.send_response(http::Response::new(()), false).unwrap();
-                body.send_data(Bytes::from(vec![7u8; 300]), false).unwrap();
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                body.send_trailers(trailers).unwrap();
+                answer(&mut respond);
             }
             // Drive the connection until the client has read every answer.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.accept()).await;
             writes.load(Ordering::SeqCst) - before
         });
-        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
-        tokio::spawn(connection);
-        let mut answers = Vec::new();
-        for _ in 0..streams {
-            let mut client = client.clone().ready().await.unwrap();
-            let request = http::Request::post("http://test/x").body(()).unwrap();
-            let (response, _) = client.send_request(request, true).unwrap();
-            answers.push(response);
-        }
-        for response in answers {
-            let mut body = response.await.unwrap().into_body();
-            let mut got = 0;
-            while let Some(chunk) = body.data().await {
-                got += chunk.unwrap().len();
-            }
-            assert_eq!(got, 300);
-            assert!(body.trailers().await.unwrap().is_some());
-        }
-        drop(client);
+        ask_and_read_answers(client_io, streams).await;
         server.await.unwrap()
     }
 
-    /// Writes an h2 server makes to answer `streams` concurrent requests when each
-    /// answer is sent by a task of its own and one other task wakes them all, as
-    /// the task applying a batch of puts wakes the puts' handlers.
+    /// Writes an h2 server makes to answer 20 concurrent requests when each answer
+    /// is sent by a task of its own and one other task wakes them all, as the task
+    /// applying a batch of puts wakes the puts' handlers.
     async fn server_writes_from_tasks(wrap: fn(VectoredCounting) -> CoalescedWrites<VectoredCounting>) -> usize {
         let streams = 20;
         let (client_io, server_io) = tokio::io::duplex(1 << 20);
@@ -234,11 +244,7 @@ mod tests {
                 wake_ups.push(wake);
                 tokio::spawn(async move {
                     woken.await.unwrap();
-                    let mut body = respond.send_response(http::Response::new(()), false).unwrap();
-                    body.send_data(Bytes::from(vec![7u8; 300]), false).unwrap();
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    body.send_trailers(trailers).unwrap();
+                    answer(&mut respond);
                 });
             }
             let before = writes.load(Ordering::SeqCst);
@@ -256,29 +262,12 @@ mod tests {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conn.accept()).await;
             writes.load(Ordering::SeqCst) - before
         });
-        let (client, connection) = h2::client::handshake(client_io).await.unwrap();
-        tokio::spawn(connection);
-        let mut answers = Vec::new();
-        for _ in 0..streams {
-            let mut client = client.clone().ready().await.unwrap();
-            let request = http::Request::post("http://test/x").body(()).unwrap();
-            let (response, _) = client.send_request(request, true).unwrap();
-            answers.push(response);
-        }
-        for response in answers {
-            let mut body = response.await.unwrap().into_body();
-            let mut got = 0;
-            while let Some(chunk) = body.data().await {
-                got += chunk.unwrap().len();
-            }
-            assert_eq!(got, 300);
-            assert!(body.trailers().await.unwrap().is_some());
-        }
-        drop(client);
+        ask_and_read_answers(client_io, streams).await;
         server.await.unwrap()
     }
 
-    // One worker, so that which task runs when is tokio's choice alone.
+    // One worker thread: the tasks run in the order tokio's scheduler picks, and no
+    // second worker steals any of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_servers_answers_completed_by_separate_tasks_leave_together() {
         let plain = server_writes_from_tasks(CoalescedWrites::new).await;
