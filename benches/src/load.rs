@@ -760,6 +760,11 @@ async fn watch_latency(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_proto::etcdserverpb::lease_server::{Lease, LeaseServer};
+    use cairn_proto::etcdserverpb::{
+        LeaseGrantResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+        LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    };
     use clap::Parser;
 
     #[derive(Parser)]
@@ -793,6 +798,89 @@ mod tests {
             assert!(err.contains(flag), "{args:?}: {err}");
         }
         spec(&[]).validate().expect("the defaults are valid");
+    }
+
+    /// A lease service that holds back its answer to the first keep-alive until the
+    /// second arrives, then answers both in order: the first with TTL -1
+    /// (expired), the second with TTL 10.
+    struct LateFirstAnswer;
+
+    #[tonic::async_trait]
+    impl Lease for LateFirstAnswer {
+        async fn lease_grant(
+            &self,
+            _: tonic::Request<LeaseGrantRequest>,
+        ) -> Result<tonic::Response<LeaseGrantResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("keep-alive only"))
+        }
+
+        async fn lease_revoke(
+            &self,
+            _: tonic::Request<LeaseRevokeRequest>,
+        ) -> Result<tonic::Response<LeaseRevokeResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("keep-alive only"))
+        }
+
+        type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, tonic::Status>>;
+
+        async fn lease_keep_alive(
+            &self,
+            request: tonic::Request<Streaming<LeaseKeepAliveRequest>>,
+        ) -> Result<tonic::Response<Self::LeaseKeepAliveStream>, tonic::Status> {
+            let mut requests = request.into_inner();
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                let (Ok(Some(first)), Ok(Some(second))) = (requests.message().await, requests.message().await) else {
+                    return;
+                };
+                for (id, ttl) in [(first.id, -1), (second.id, 10)] {
+                    let _ = tx.send(Ok(LeaseKeepAliveResponse { id, ttl, header: None })).await;
+                }
+                while let Ok(Some(_)) = requests.message().await {}
+            });
+            Ok(tonic::Response::new(ReceiverStream::new(rx)))
+        }
+
+        async fn lease_time_to_live(
+            &self,
+            _: tonic::Request<LeaseTimeToLiveRequest>,
+        ) -> Result<tonic::Response<LeaseTimeToLiveResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("keep-alive only"))
+        }
+
+        async fn lease_leases(
+            &self,
+            _: tonic::Request<LeaseLeasesRequest>,
+        ) -> Result<tonic::Response<LeaseLeasesResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented("keep-alive only"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_keepalive_after_one_that_timed_out_skips_the_late_answer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(LeaseServer::new(LateFirstAnswer))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let mut client = LeaseClient::connect(format!("http://{addr}")).await.unwrap();
+        let (tx, rx) = mpsc::channel(1);
+        let replies = client.lease_keep_alive(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let mut keepalive = KeepAlive { lease: 7, requests: tx, replies, owed: 0 };
+
+        // The server answers the first keep-alive only after the second is sent, so
+        // this one gives up whatever the machine's speed, its answer still owed.
+        let first = tokio::time::timeout(Duration::from_millis(200), keepalive.renew()).await;
+        assert!(first.is_err(), "the first keep-alive was answered: {first:?}");
+        assert_eq!(keepalive.owed, 1);
+
+        // The late answer (TTL -1) comes first; taken for the second keep-alive's,
+        // it would report the lease expired.
+        keepalive.renew().await.expect("the second keep-alive reads its own answer");
+        assert_eq!(keepalive.owed, 0);
+        server.abort();
     }
 
     #[test]
