@@ -226,8 +226,8 @@ async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 /// Accepted connections, without Nagle's delay, their small frames written together
-/// and each flush's first write held back until the answers completed with it are
-/// ready (see [`CoalescedWrites::server`]).
+/// and a flush's first write held back for one pass through the run queue, so that
+/// answers completed with it can join it (see [`CoalescedWrites::server`]).
 fn incoming(
     listener: TcpListener,
 ) -> impl futures::Stream<Item = std::io::Result<CoalescedWrites<tokio::net::TcpStream>>> + Send + 'static {
