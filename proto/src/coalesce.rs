@@ -44,11 +44,11 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::server::Connected;
 
-/// Bytes a flush may write for the next flush's first write still to be held back
-/// ([`CoalescedWrites::server`]). h2's write buffer holds 16 KiB, so a flush that
-/// wrote as much was part of a bulk transfer (a large range, a snapshot, a watch
-/// catching up) or of a large batch: the writes that follow it have no answers to
-/// wait for, and holding each back cost bulk ranges of 400 KiB up to 9% more CPU.
+/// A flush that wrote at least this many bytes lets the next write go at once
+/// ([`CoalescedWrites::server`]). h2's write buffer holds 16 KiB, so such a flush
+/// was part of a bulk transfer (a large range, a snapshot, a watch catching up)
+/// or of a large batch, and the writes that follow it have no answers to wait
+/// for. Without this, a 4 MiB answer would wait once per 16 KiB, 256 times.
 pub const HOLD_BACK_AFTER_FLUSH_BYTES_MAX: usize = 16 * 1024;
 
 /// A connection that hides its vectored writes from h2 and, on a server, holds
