@@ -80,10 +80,12 @@ impl<'a> WriteTxn<'a> {
     /// the cache of live keys once the batch is committed.
     ///
     /// The key-ordered tables get their records in key order, each key once in the
-    /// table of current records (its last change: the overlay): RocksDB inserts
-    /// each into a memtable skip list, and an insert next to the previous one reuses
-    /// most of its search. In write order, the keys of a batch are scattered over
-    /// the key space, and each insert searched from the top.
+    /// table of current records (its last change: the overlay). RocksDB inserts
+    /// each into a memtable skip list and reuses the previous insert's search only
+    /// when the new key lands right after it, with no other key in between. So the
+    /// new keys of a batch that are neighbours (a txn filling a range, in whatever
+    /// order it lists them) skip the search; random keys still search from the
+    /// top, each (benches/RESULTS.md, ninth session).
     pub fn into_parts(mut self) -> (WriteBatch, Vec<Event>, Overlay) {
         let kv = schema::cf(self.db, CF_KV);
         for (key, change) in &self.overlay {
