@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{retry, Cluster};
-use etcd_client::{Client, GetOptions};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions};
 
 const READ_RETRY: Duration = Duration::from_secs(30);
 const PER_TRY: Duration = Duration::from_secs(5);
@@ -289,4 +289,86 @@ async fn large_writes_after_an_idle_spell_all_succeed() {
     tokio::time::sleep(IDLE).await;
     let count = common::put_large_values(&client, "large", WRITERS, PUTS_EACH, VALUE_BYTES).await;
     assert_eq!(count, WRITERS * PUTS_EACH);
+}
+
+/// A member killed (SIGKILL) after a mix of writes comes back with all of them:
+/// every key's value and revisions, the old versions of keys written since, and the
+/// events a watch from the first write delivers. Snapshots are taken often, so log
+/// entries are purged while the writes go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_member_comes_back_with_every_write_version_and_event() {
+    const KEYS: usize = 40;
+    const PUTS: usize = 120;
+    const DELETES: usize = 10;
+    let extra: &[&str] = if common::is_etcd() {
+        &["--snapshot-count", "50"]
+    } else {
+        &["--snapshot-count", "50", "--snapshot-catchup-entries", "10"]
+    };
+    let mut cluster = Cluster::start_with(1, extra).await;
+    let mut c = cluster.client(0).await;
+    // Every write in order: (revision, key, value or None for a delete).
+    let mut writes: Vec<(i64, String, Option<String>)> = Vec::new();
+    for n in 0..PUTS {
+        let (key, value) = (format!("replay/{:02}", n % KEYS), format!("v{n}"));
+        let resp = c.put(key.clone(), value.clone(), None).await.expect("put");
+        writes.push((resp.header().expect("header").revision(), key, Some(value)));
+    }
+    for k in 0..DELETES {
+        let key = format!("replay/{k:02}");
+        let resp = c.delete(key.clone(), None).await.expect("delete");
+        writes.push((resp.header().expect("header").revision(), key, None));
+    }
+    let last = writes.last().expect("writes").0;
+
+    cluster.kill(0);
+    cluster.restart(0);
+    cluster.wait_ready().await;
+    let c = cluster.client(0).await;
+
+    // The latest version of every key, with its revisions.
+    let mut latest: BTreeMap<&str, (i64, Option<&str>)> = BTreeMap::new();
+    for (rev, key, value) in &writes {
+        latest.insert(key, (*rev, value.as_deref()));
+    }
+    let resp = retry("range after the restart", READ_RETRY, PER_TRY, || {
+        let mut c = c.clone();
+        async move { c.get("replay/", Some(GetOptions::new().with_prefix())).await }
+    })
+    .await;
+    assert_eq!(resp.header().expect("header").revision(), last, "the revision after the restart");
+    let found: Vec<(String, i64, String)> = resp
+        .kvs()
+        .iter()
+        .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision(), kv.value_str().unwrap().to_string()))
+        .collect();
+    let wanted: Vec<(String, i64, String)> =
+        latest.iter().filter_map(|(key, (rev, value))| Some((key.to_string(), *rev, (*value)?.to_string()))).collect();
+    assert_eq!(found, wanted, "live keys after the restart");
+
+    // Each write's version, read at its revision.
+    for (rev, key, value) in &writes {
+        let mut c = c.clone();
+        let resp = c.get(key.as_str(), Some(GetOptions::new().with_revision(*rev))).await.expect("get at a revision");
+        let at = resp.kvs().first().map(|kv| kv.value_str().unwrap().to_string());
+        assert_eq!(at.as_deref(), value.as_deref(), "{key} at revision {rev}");
+    }
+
+    // Every write's event, in order, from a watch that starts at the first.
+    let mut c = c.clone();
+    let options = WatchOptions::new().with_prefix().with_start_revision(writes[0].0);
+    let (_watcher, mut stream) = c.watch("replay/", Some(options)).await.expect("watch");
+    let mut events = Vec::new();
+    while events.len() < writes.len() {
+        let resp = common::within("watch events after the restart", stream.message())
+            .await
+            .expect("watch stream")
+            .expect("watch stream open");
+        for e in resp.events() {
+            let kv = e.kv().expect("event kv");
+            let value = (e.event_type() == EventType::Put).then(|| kv.value_str().unwrap().to_string());
+            events.push((kv.mod_revision(), kv.key_str().unwrap().to_string(), value));
+        }
+    }
+    assert_eq!(events, writes, "the events after the restart: (revision, key, value)");
 }
