@@ -46,13 +46,11 @@ pub const SNAPSHOT_CATCHUP_ENTRIES_DEFAULT: u64 = 5_000;
 pub const APPEND_ENTRIES_MAX: u64 = 1_024;
 
 /// Most batches of client commands proposed to Raft and not yet applied at once, on
-/// the leader; commands that arrive while this many batches are in flight wait and go
-/// together in the next one. One batch makes the entries a third fewer and larger
-/// than two did (64 clients: about 470 entries/s instead of 680), and each entry
-/// costs every member a replication round, an fsync and an apply: puts +7.6% on
-/// average over eight pairs of runs (-1.8 to +14%), CPU per put -7% (+0.7 to -11%),
-/// and a lower p50 at half of etcd's peak rate (benches/RESULTS.md, tenth session).
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
+/// the leader. openraft 0.9 appends one entry at a time and waits for its fsync before
+/// it takes the next request, so every proposal costs one fsync on the leader's
+/// critical path; commands that arrive while this many batches are in flight wait
+/// and go together in the next one.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 
 /// Most batches of writes a follower has forwarded to the leader and not yet had
 /// answered; writes that arrive meanwhile go together in the next peer call. The

@@ -4,10 +4,10 @@
 //! openraft 0.9 appends one entry per `client_write`, and its core handles one
 //! request after the other, so a leader that proposed every command as an entry of
 //! its own would write, replicate and fsync every command on its own. Instead, at
-//! most [`PROPOSALS_IN_FLIGHT_MAX`](crate::limits::PROPOSALS_IN_FLIGHT_MAX) batches
-//! (one) are proposed and not yet applied at any time; commands that arrive
-//! meanwhile queue, and the next free slot proposes all of them (within
-//! [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as one entry. Under light load a command goes out at once in a batch of its own, so
+//! most a few batches ([`PROPOSALS_IN_FLIGHT_MAX`](crate::limits::PROPOSALS_IN_FLIGHT_MAX))
+//! are proposed and not yet applied at any time; commands that arrive meanwhile queue, and the next free slot proposes all of
+//! them (within [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as
+//! one entry. Under light load a command goes out at once in a batch of its own, so
 //! batching adds no latency; under heavy load the batches grow with it.
 //!
 //! A command whose caller has given up (its request timed out) before its batch was
