@@ -84,7 +84,8 @@ pub enum Consistency {
 /// How much load, and of which shape.
 #[derive(clap::Args, Clone, Debug, Serialize, Deserialize)]
 pub struct LoadSpec {
-    /// Concurrent clients (each has at most one request in flight).
+    /// Concurrent clients (each has at most one request in flight). Not used by
+    /// `watch-latency`, whose puts go at --watch-put-rate.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// gRPC connections the clients share (spread over the endpoints).
@@ -98,7 +99,8 @@ pub struct LoadSpec {
     #[serde(with = "humantime_serde_secs")]
     pub duration: Duration,
     /// Open loop: requests per second, due at fixed intervals, latency counted from
-    /// when each was due. Without it the loop is closed.
+    /// when each was due. Without it the loop is closed. `watch-latency` is always
+    /// open loop, at --watch-put-rate.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Key length in bytes (keys are `/bench/k/` and a zero-padded number).
