@@ -22,7 +22,8 @@ use super::status::{self, RaftStatus, StatusFeed};
 use super::{LeaseCall, LeaseLeader, LogStore, LogSynced, Member, NodeId, PeerNetwork, Proposal, Raft, StateMachine};
 use crate::limits::{
     APPEND_ENTRIES_MAX, FORWARDS_IN_FLIGHT_MAX, FORWARD_ATTEMPTS_MAX, LEASE_READ_ELECTION_FRACTION_PERCENT,
-    PEER_FORWARD_TIMEOUT_MS, PROPOSALS_IN_FLIGHT_MAX, SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_INSTALL_TIMEOUT_MS,
+    PEER_FORWARD_TIMEOUT_MS, PROPOSALS_IN_FLIGHT_MAX, PROPOSAL_EXTRA_SLOT_AFTER_MS, SNAPSHOT_CHUNK_BYTES_MAX,
+    SNAPSHOT_INSTALL_TIMEOUT_MS,
 };
 use crate::mvcc::{ApplyOutcome, Command, KvStore};
 
@@ -143,8 +144,11 @@ impl RaftNode {
             leader_reads: Arc::default(),
             standing,
             feed,
-            proposal_batch: Arc::new(ProposalBatcher::new(PROPOSALS_IN_FLIGHT_MAX)),
-            forwards: Arc::new(ProposalBatcher::new(FORWARDS_IN_FLIGHT_MAX)),
+            proposal_batch: Arc::new(ProposalBatcher::new(
+                PROPOSALS_IN_FLIGHT_MAX,
+                Duration::from_millis(PROPOSAL_EXTRA_SLOT_AFTER_MS),
+            )),
+            forwards: Arc::new(ProposalBatcher::new(FORWARDS_IN_FLIGHT_MAX, Duration::ZERO)),
             store,
             admin_lock: tokio::sync::Mutex::new(()),
             proposals: tokio::sync::RwLock::new(()),

@@ -5,10 +5,21 @@
 //! request after the other, so a leader that proposed every command as an entry of
 //! its own would write, replicate and fsync every command on its own. Instead, at
 //! most a few batches ([`PROPOSALS_IN_FLIGHT_MAX`](crate::limits::PROPOSALS_IN_FLIGHT_MAX))
-//! are proposed and not yet applied at any time; commands that arrive meanwhile queue, and the next free slot proposes all of
-//! them (within [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as
-//! one entry. Under light load a command goes out at once in a batch of its own, so
-//! batching adds no latency; under heavy load the batches grow with it.
+//! are proposed and not yet applied at any time; commands that arrive meanwhile
+//! queue, and the next slot proposes all of them (within
+//! [`PROPOSAL_BATCH_COMMANDS_MAX`] and [`PROPOSAL_BATCH_BYTES_MAX`]) as one entry.
+//! A command that finds nothing in flight goes out at once in a batch of its own, so
+//! under light load batching adds no latency; under heavy load the batches grow
+//! with it.
+//!
+//! A second batch joins the one in flight only once that one has been out for a
+//! while ([`PROPOSAL_EXTRA_SLOT_AFTER_MS`](crate::limits::PROPOSAL_EXTRA_SLOT_AFTER_MS)),
+//! so a command that arrives just after another may wait that long (and up to a
+//! millisecond more: tokio's timers tick in milliseconds).
+//! A Raft entry costs every member work of its own, whatever it holds, so fewer and
+//! larger entries leave more of the machine to the commands; but with one batch
+//! in flight and no more, a slow round (an fsync behind a RocksDB flush) would hold
+//! up every write that arrives meanwhile.
 //!
 //! A command whose caller has given up (its request timed out) before its batch was
 //! formed is dropped unproposed.
@@ -20,21 +31,23 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::RaftNodeError;
 use crate::limits::{PROPOSAL_BATCH_BYTES_MAX, PROPOSAL_BATCH_COMMANDS_MAX};
 use crate::mvcc::Command;
 
 /// Proposes one batch of commands and answers one result per command, in order.
-pub(crate) trait Submit<O>: Fn(Vec<Command>) -> Self::Fut + Send + Sync + 'static {
+pub(crate) trait Submit<O>: Fn(Vec<Command>) -> Self::Fut + Clone + Send + Sync + 'static {
     type Fut: Future<Output = Result<Vec<O>, RaftNodeError>> + Send;
 }
 
 impl<O, F, Fut> Submit<O> for F
 where
-    F: Fn(Vec<Command>) -> Fut + Send + Sync + 'static,
+    F: Fn(Vec<Command>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<O>, RaftNodeError>> + Send,
 {
     type Fut = Fut;
@@ -51,21 +64,67 @@ struct Queued<O> {
 /// Commands waiting for a free proposal slot; `O` is what applying one produces.
 pub(crate) struct ProposalBatcher<O> {
     state: Mutex<State<O>>,
-    /// Most batches submitted and not yet answered.
-    in_flight_max: usize,
+    /// How long every batch in flight must have been out before a further one may
+    /// join them ([`Duration::ZERO`]: at once, whenever a slot is free).
+    extra_slot_after: Duration,
 }
 
 struct State<O> {
     queued: VecDeque<Queued<O>>,
-    /// Batches proposed and not yet answered.
-    in_flight: usize,
+    /// When each slot was taken for its batch; `None` for a free slot. Its length is
+    /// the most batches submitted and not yet answered.
+    slots: Vec<Option<Instant>>,
+}
+
+impl<O> State<O> {
+    /// A slot a new batch may take at `now`, and takes it: any free slot while
+    /// nothing is in flight, and a further one only once every batch in flight has
+    /// been out for `extra_slot_after`.
+    fn take_slot(&mut self, now: Instant, extra_slot_after: Duration) -> Option<usize> {
+        let mut free = None;
+        for (i, slot) in self.slots.iter().enumerate() {
+            match slot {
+                None => free = free.or(Some(i)),
+                Some(since) if now.saturating_duration_since(*since) < extra_slot_after => return None,
+                Some(_) => {}
+            }
+        }
+        if let Some(i) = free {
+            self.slots[i] = Some(now);
+        }
+        free
+    }
+
+    /// Takes a slot (as [`State::take_slot`]) and the batch it proposes next, or
+    /// `None` if no slot may be taken or nobody waits any more.
+    fn start_batch(&mut self, now: Instant, extra_slot_after: Duration) -> Option<(usize, Vec<Queued<O>>)> {
+        let slot = self.take_slot(now, extra_slot_after)?;
+        let batch = take_batch(&mut self.queued);
+        if batch.is_empty() {
+            self.slots[slot] = None;
+            return None;
+        }
+        Some((slot, batch))
+    }
+
+    #[cfg(test)]
+    fn in_flight(&self) -> usize {
+        self.slots.iter().flatten().count()
+    }
 }
 
 impl<O: Send + 'static> ProposalBatcher<O> {
-    /// A batcher with at most `in_flight_max` batches submitted at once.
-    pub fn new(in_flight_max: usize) -> Self {
+    /// A batcher with at most `in_flight_max` batches submitted at once. The first
+    /// goes out at once; each further one only once every batch in flight has been
+    /// out for `extra_slot_after`, so that under load the batches grow and a slow
+    /// round (a slow fsync) does not hold up every write behind it.
+    pub fn new(in_flight_max: usize, extra_slot_after: Duration) -> Self {
         assert!(in_flight_max > 0, "at least one batch must be allowed in flight");
-        ProposalBatcher { state: Mutex::new(State { queued: VecDeque::new(), in_flight: 0 }), in_flight_max }
+        ProposalBatcher {
+            state: Mutex::new(State { queued: VecDeque::new(), slots: vec![None; in_flight_max] }),
+            // With one slot there is no further one to open.
+            extra_slot_after: if in_flight_max > 1 { extra_slot_after } else { Duration::ZERO },
+        }
     }
 
     /// Proposes `command` with others that are waiting (or, if `alone`, in a batch of
@@ -78,44 +137,69 @@ impl<O: Send + 'static> ProposalBatcher<O> {
     ) -> Result<O, RaftNodeError> {
         let bytes = bincode::serialized_size(&command).expect("sizing an in-memory command cannot fail");
         let (waiter, answer) = oneshot::channel();
-        let first_batch = {
+        {
             let mut state = self.state.lock().expect("proposal batch lock");
             state.queued.push_back(Queued { command, bytes, alone, waiter });
-            if state.in_flight < self.in_flight_max {
-                state.in_flight += 1;
-                Some(take_batch(&mut state.queued))
-            } else {
-                None
+            if let Some((slot, batch)) = state.start_batch(Instant::now(), self.extra_slot_after) {
+                self.spawn_slot(slot, batch, submit);
             }
-        };
-        if let Some(batch) = first_batch {
-            // A task of its own, so that a caller giving up cannot abandon the batch
-            // (and the slot) halfway.
-            let batcher = self.clone();
-            tokio::spawn(async move {
-                let mut batch = batch;
-                loop {
-                    run(batch, &submit).await;
-                    match batcher.next_batch() {
-                        Some(next) => batch = next,
-                        None => break,
-                    }
-                }
-            });
         }
         answer.await.map_err(|_| RaftNodeError::Stopped)?
     }
 
-    /// The commands for the freed slot's next batch, or `None` (and the slot is
-    /// released) if nothing is waiting.
-    fn next_batch(&self) -> Option<Vec<Queued<O>>> {
+    /// Runs `slot`'s batch, then each batch [`Self::next_batch`] gives it (in
+    /// whichever slot that takes) until it gives none. A task of its
+    /// own, so that a caller giving up cannot abandon the batch (and the slot)
+    /// halfway.
+    fn spawn_slot(self: &Arc<Self>, slot: usize, batch: Vec<Queued<O>>, submit: impl Submit<O>) {
+        let batcher = self.clone();
+        tokio::spawn(async move {
+            let (mut slot, mut batch) = (slot, batch);
+            loop {
+                let round = run(batch, &submit);
+                if batcher.extra_slot_after.is_zero() {
+                    round.await;
+                } else {
+                    tokio::pin!(round);
+                    tokio::select! {
+                        biased;
+                        () = &mut round => {}
+                        () = tokio::time::sleep(batcher.extra_slot_after) => {
+                            batcher.open_extra_slot(&submit);
+                            round.await;
+                        }
+                    }
+                }
+                match batcher.next_batch(slot) {
+                    Some((next_slot, next)) => (slot, batch) = (next_slot, next),
+                    None => break,
+                }
+            }
+        });
+    }
+
+    /// Once a batch has been out for `extra_slot_after`: proposes what is waiting in
+    /// a further slot, if one is free and every other batch in flight is as old.
+    fn open_extra_slot(self: &Arc<Self>, submit: &impl Submit<O>) {
         let mut state = self.state.lock().expect("proposal batch lock");
-        let batch = take_batch(&mut state.queued);
-        if batch.is_empty() {
-            state.in_flight -= 1;
+        if state.queued.is_empty() {
+            return;
+        }
+        if let Some((slot, batch)) = state.start_batch(Instant::now(), self.extra_slot_after) {
+            self.spawn_slot(slot, batch, submit.clone());
+        }
+    }
+
+    /// Frees `slot` and, if something is waiting and a slot may be taken, takes one
+    /// and returns it with its batch. What waits behind a younger batch in flight
+    /// is left to that batch's slot.
+    fn next_batch(&self, slot: usize) -> Option<(usize, Vec<Queued<O>>)> {
+        let mut state = self.state.lock().expect("proposal batch lock");
+        state.slots[slot] = None;
+        if state.queued.is_empty() {
             return None;
         }
-        Some(batch)
+        state.start_batch(Instant::now(), self.extra_slot_after)
     }
 }
 
@@ -192,7 +276,7 @@ mod tests {
 
     /// A submitter that records each batch's keys and answers each command with its
     /// key, once `gate` lets the batch through.
-    fn recording(batches: Arc<Mutex<Vec<Vec<String>>>>, gate: Arc<Semaphore>) -> impl Submit<String> + Clone {
+    fn recording(batches: Arc<Mutex<Vec<Vec<String>>>>, gate: Arc<Semaphore>) -> impl Submit<String> {
         move |commands: Vec<Command>| {
             let batches = batches.clone();
             let gate = gate.clone();
@@ -221,9 +305,8 @@ mod tests {
     /// A batcher whose every slot is taken by a command (`k0`, `k1`, ...) blocked at
     /// `gate`; returns it, what its submitter recorded, the gate, the submitter and
     /// the blocked calls.
-    async fn busy_batcher(
-    ) -> (Arc<ProposalBatcher<String>>, Batches, Arc<Semaphore>, impl Submit<String> + Clone, Vec<Call>) {
-        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
+    async fn busy_batcher() -> (Arc<ProposalBatcher<String>>, Batches, Arc<Semaphore>, impl Submit<String>, Vec<Call>) {
+        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX, Duration::ZERO));
         let batches = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(Semaphore::new(0));
         let submit = recording(batches.clone(), gate.clone());
@@ -258,7 +341,65 @@ mod tests {
         let last: Vec<String> =
             (PROPOSALS_IN_FLIGHT_MAX..PROPOSALS_IN_FLIGHT_MAX + 50).map(|i| format!("k{i}")).collect();
         assert_eq!(batches.last().unwrap(), &last, "in arrival order");
-        assert_eq!(batcher.state.lock().unwrap().in_flight, 0, "every slot is released");
+        assert_eq!(batcher.state.lock().unwrap().in_flight(), 0, "every slot is released");
+    }
+
+    /// Proposes `put(i)` through `batcher` in a task of its own.
+    fn propose_in_task(batcher: &Arc<ProposalBatcher<String>>, submit: &impl Submit<String>, i: usize) -> Call {
+        let (b, s) = (batcher.clone(), submit.clone());
+        tokio::spawn(async move { b.propose(put(i, 8), false, s).await })
+    }
+
+    #[tokio::test]
+    async fn a_second_batch_joins_the_first_only_once_it_has_been_out_for_the_bound() {
+        const BOUND: Duration = Duration::from_millis(300);
+        let batcher = Arc::new(ProposalBatcher::<String>::new(2, BOUND));
+        let batches: Batches = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let submit = recording(batches.clone(), gate.clone());
+        // The first batch's slot is taken after this.
+        let before = Instant::now();
+        let first = propose_in_task(&batcher, &submit, 0);
+        wait_until("the first batch is out", || batches.lock().unwrap().len() == 1).await;
+        let mut calls = vec![first];
+        for i in 1..4 {
+            calls.push(propose_in_task(&batcher, &submit, i));
+        }
+        wait_until("the others are queued", || batcher.state.lock().unwrap().queued.len() == 3).await;
+        assert_eq!(batches.lock().unwrap().len(), 1, "nothing joins a young batch");
+        wait_until("a second batch goes out", || batches.lock().unwrap().len() == 2).await;
+        assert!(before.elapsed() >= BOUND, "the second slot opened before the first batch was {BOUND:?} old");
+        assert_eq!(batches.lock().unwrap()[1], ["k1", "k2", "k3"], "what waited went together");
+        assert_eq!(batcher.state.lock().unwrap().in_flight(), 2);
+        gate.add_permits(1_000);
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap(), Ok(format!("k{i}")));
+        }
+        assert_eq!(batcher.state.lock().unwrap().in_flight(), 0, "every slot is released");
+    }
+
+    #[tokio::test]
+    async fn what_waits_behind_a_young_batch_goes_as_one_when_it_is_answered() {
+        let batcher = Arc::new(ProposalBatcher::<String>::new(2, Duration::from_secs(3_600)));
+        let batches: Batches = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let submit = recording(batches.clone(), gate.clone());
+        let mut calls = vec![propose_in_task(&batcher, &submit, 0)];
+        wait_until("the first batch is out", || batches.lock().unwrap().len() == 1).await;
+        for i in 1..=10 {
+            calls.push(propose_in_task(&batcher, &submit, i));
+        }
+        wait_until("the others are queued", || batcher.state.lock().unwrap().queued.len() == 10).await;
+        gate.add_permits(1);
+        wait_until("the next batch goes out", || batches.lock().unwrap().len() == 2).await;
+        let rest: Vec<String> = (1..=10).map(|i| format!("k{i}")).collect();
+        assert_eq!(batches.lock().unwrap()[1], rest, "one batch, in arrival order");
+        gate.add_permits(1_000);
+        for (i, call) in calls.into_iter().enumerate() {
+            assert_eq!(call.await.unwrap(), Ok(format!("k{i}")));
+        }
+        assert_eq!(batches.lock().unwrap().len(), 2);
+        assert_eq!(batcher.state.lock().unwrap().in_flight(), 0, "every slot is released");
     }
 
     #[tokio::test]
@@ -337,7 +478,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_proposal_fails_every_command_of_its_batch() {
-        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX));
+        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX, Duration::ZERO));
         let submitted = Arc::new(AtomicUsize::new(0));
         let gate = Arc::new(Semaphore::new(0));
         let submit = {
@@ -361,6 +502,6 @@ mod tests {
         for call in calls {
             assert_eq!(call.await.unwrap(), Err(RaftNodeError::LeaderChanged));
         }
-        assert_eq!(batcher.state.lock().unwrap().in_flight, 0);
+        assert_eq!(batcher.state.lock().unwrap().in_flight(), 0);
     }
 }
