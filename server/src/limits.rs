@@ -59,8 +59,9 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 2;
 /// no more, a slow round (an fsync behind a RocksDB flush) holds up every write
 /// behind it. Measured against two batches at once (puts, 64 clients, closed loop,
 /// four alternating pairs): 2 ms gave +8.6% puts, 5 ms +13%; but at 5 ms the p99 of
-/// puts at half etcd's peak rose above etcd's in two of three rounds of `compare`,
-/// at 2 ms it stayed below (benches/RESULTS.md, eleventh session).
+/// puts at half etcd's peak rose above etcd's in two of three rounds of `compare`
+/// (1.40× over the rounds), at 2 ms it stayed below (0.77× and 0.83× in two
+/// compares; benches/RESULTS.md, eleventh session).
 pub const PROPOSAL_EXTRA_SLOT_AFTER_MS: u64 = 2;
 
 /// Most batches of writes a follower has forwarded to the leader and not yet had

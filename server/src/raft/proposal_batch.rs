@@ -302,14 +302,25 @@ mod tests {
     type Batches = Arc<Mutex<Vec<Vec<String>>>>;
     type Call = tokio::task::JoinHandle<Result<String, RaftNodeError>>;
 
+    /// A batcher of `in_flight_max` slots and the given bound, with a [`recording`]
+    /// submitter whose gate is closed; returns the batcher, what the submitter
+    /// records, the gate and the submitter.
+    fn gated_batcher(
+        in_flight_max: usize,
+        extra_slot_after: Duration,
+    ) -> (Arc<ProposalBatcher<String>>, Batches, Arc<Semaphore>, impl Submit<String>) {
+        let batcher = Arc::new(ProposalBatcher::<String>::new(in_flight_max, extra_slot_after));
+        let batches: Batches = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(0));
+        let submit = recording(batches.clone(), gate.clone());
+        (batcher, batches, gate, submit)
+    }
+
     /// A batcher whose every slot is taken by a command (`k0`, `k1`, ...) blocked at
     /// `gate`; returns it, what its submitter recorded, the gate, the submitter and
     /// the blocked calls.
     async fn busy_batcher() -> (Arc<ProposalBatcher<String>>, Batches, Arc<Semaphore>, impl Submit<String>, Vec<Call>) {
-        let batcher = Arc::new(ProposalBatcher::<String>::new(PROPOSALS_IN_FLIGHT_MAX, Duration::ZERO));
-        let batches = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Semaphore::new(0));
-        let submit = recording(batches.clone(), gate.clone());
+        let (batcher, batches, gate, submit) = gated_batcher(PROPOSALS_IN_FLIGHT_MAX, Duration::ZERO);
         let mut calls = Vec::new();
         for i in 0..PROPOSALS_IN_FLIGHT_MAX {
             let (b, s) = (batcher.clone(), submit.clone());
@@ -353,10 +364,7 @@ mod tests {
     #[tokio::test]
     async fn a_second_batch_joins_the_first_only_once_it_has_been_out_for_the_bound() {
         const BOUND: Duration = Duration::from_millis(300);
-        let batcher = Arc::new(ProposalBatcher::<String>::new(2, BOUND));
-        let batches: Batches = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Semaphore::new(0));
-        let submit = recording(batches.clone(), gate.clone());
+        let (batcher, batches, gate, submit) = gated_batcher(2, BOUND);
         // The first batch's slot is taken after this.
         let before = Instant::now();
         let first = propose_in_task(&batcher, &submit, 0);
@@ -380,10 +388,7 @@ mod tests {
 
     #[tokio::test]
     async fn what_waits_behind_a_young_batch_goes_as_one_when_it_is_answered() {
-        let batcher = Arc::new(ProposalBatcher::<String>::new(2, Duration::from_secs(3_600)));
-        let batches: Batches = Arc::new(Mutex::new(Vec::new()));
-        let gate = Arc::new(Semaphore::new(0));
-        let submit = recording(batches.clone(), gate.clone());
+        let (batcher, batches, gate, submit) = gated_batcher(2, Duration::from_secs(3_600));
         let mut calls = vec![propose_in_task(&batcher, &submit, 0)];
         wait_until("the first batch is out", || batches.lock().unwrap().len() == 1).await;
         for i in 1..=10 {
